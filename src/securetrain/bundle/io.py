@@ -1,0 +1,80 @@
+"""Model bundles: a directory with ``model.safetensors`` and ``model_card.json``; no pickle.
+
+Bundles are written to a temporary sibling directory and renamed into place, so a failed run
+never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from securetrain.bundle.card import CARD_FORMAT, ModelCard
+from securetrain.errors import DataError
+
+WEIGHTS = "model.safetensors"
+CARD = "model_card.json"
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse to overwrite: an existing non-empty directory or a file at ``out``."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"Output path already exists: {str(out)!r}; choose another --out or remove it.")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise DataError(f"Output directory's parent does not exist: {str(parent)!r}.")
+
+
+def write_bundle(out: Path, state: dict[str, torch.Tensor], card: ModelCard) -> Path:
+    check_output_dir(out)
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS))
+        (tmp / CARD).write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_card(bundle: Path) -> ModelCard:
+    path = bundle / CARD
+    if not bundle.is_dir():
+        raise DataError(f"Bundle directory not found: {str(bundle)!r}.")
+    if not path.is_file():
+        raise DataError(f"Not a model bundle (no {CARD}): {str(bundle)!r}.")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"Model card {str(path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != CARD_FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise DataError(f"Model card format must be {CARD_FORMAT!r}. Found {found!r}.")
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise DataError(f"Model card {str(path)!r} is invalid at {where}: {first['msg']}.") from None
+
+
+def read_weights(bundle: Path) -> dict[str, torch.Tensor]:
+    path = bundle / WEIGHTS
+    if not path.is_file():
+        raise DataError(f"Not a model bundle (no {WEIGHTS}): {str(bundle)!r}.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"Could not read weights {str(path)!r}: {exc}") from None

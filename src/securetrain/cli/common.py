@@ -1,0 +1,42 @@
+"""What the CLI commands share: consoles, the progress bar, error reporting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from securetrain.train import StepInfo
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def training_progress(label: str) -> Iterator[callable]:  # type: ignore[valid-type]
+    """A rich progress bar fed by the trainer's per-step callback."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("ε {task.fields[eps]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+    task = progress.add_task(label, total=None, loss="-", eps="-")
+
+    def update(info: StepInfo) -> None:
+        eps = "n/a (no DP)" if info.epsilon is None and label.endswith("baseline") else (
+            f"{info.epsilon:.3f}" if info.epsilon is not None else "-"
+        )
+        progress.update(
+            task, total=info.steps, completed=info.step,
+            loss=f"{info.loss:.4f}" if info.loss == info.loss else "-", eps=eps,
+        )
+
+    with progress:
+        yield update

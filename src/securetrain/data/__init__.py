@@ -1,0 +1,26 @@
+"""Tables, built-in datasets, declared schemas, DP preprocessing and splits."""
+
+from securetrain.data.builtin import BUILTINS, PREFIX, load_builtin
+from securetrain.data.dataset import Schema, TabularData, from_table
+from securetrain.data.preprocess import Preprocessor, fit_preprocessor
+from securetrain.data.split import new_split_seed, split_mask, train_test_split
+from securetrain.data.loading import load_dataset
+from securetrain.data.tables import file_sha256, load_table
+
+__all__ = [
+    "BUILTINS",
+    "PREFIX",
+    "Preprocessor",
+    "Schema",
+    "TabularData",
+    "file_sha256",
+    "fit_preprocessor",
+    "from_table",
+    "load_builtin",
+    "load_dataset",
+    "load_table",
+    "new_split_seed",
+    "split_mask",
+    "train_test_split",
+]
+

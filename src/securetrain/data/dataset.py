@@ -1,0 +1,168 @@
+"""A labelled table plus what the user declares about it (public bounds, categories, classes)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from securetrain.errors import DataError
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Public knowledge declared by the user: it costs no privacy budget.
+
+    ``bounds`` maps numeric columns to (lower, upper); ``categories`` maps categorical columns to
+    their allowed values; ``classes`` lists the label's values. Anything not declared is
+    estimated with differential privacy from the training split.
+    """
+
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    classes: list[str] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, origin: str = "schema") -> Schema:
+        if not isinstance(data, dict):
+            raise DataError(f"{origin} must be a JSON object. Found {type(data).__name__}.")
+        bounds: dict[str, tuple[float, float]] = {}
+        categories: dict[str, list[str]] = {}
+        for name, spec in (data.get("columns") or {}).items():
+            if not isinstance(spec, dict):
+                raise DataError(f"{origin}: column {name!r} must map to an object. Found {spec!r}.")
+            if "bounds" in spec:
+                b = spec["bounds"]
+                ok = isinstance(b, list) and len(b) == 2 and all(isinstance(v, (int, float)) for v in b)
+                if not ok or not (math.isfinite(b[0]) and math.isfinite(b[1]) and b[0] < b[1]):
+                    raise DataError(
+                        f"{origin}: bounds of {name!r} must be [lower, upper] with lower < upper. "
+                        f"Found {b!r}."
+                    )
+                bounds[name] = (float(b[0]), float(b[1]))
+            if "categories" in spec:
+                c = spec["categories"]
+                if not isinstance(c, list) or not c:
+                    raise DataError(f"{origin}: categories of {name!r} must be a non-empty list. Found {c!r}.")
+                categories[name] = [str(v) for v in c]
+        classes = data.get("classes")
+        if classes is not None and (not isinstance(classes, list) or len(classes) < 2):
+            raise DataError(f"{origin}: classes must list at least two labels. Found {classes!r}.")
+        return cls(bounds, categories, [str(v) for v in classes] if classes else None)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schema:
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"Schema file not found: {str(p)!r}.")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"Schema file {str(p)!r} is not valid JSON: {exc}") from None
+        return cls.from_json(data, origin=f"schema {str(p)!r}")
+
+
+@dataclass
+class TabularData:
+    """Features (an Arrow table), labels as strings, and what is public about them."""
+
+    features: pa.Table
+    labels: np.ndarray
+    label_name: str
+    source: str
+    sha256: str
+    schema: Schema = field(default_factory=Schema)
+    image_shape: tuple[int, ...] | None = None
+    dropped_identifiers: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return self.features.num_rows
+
+    def take(self, rows: np.ndarray) -> TabularData:
+        return TabularData(
+            features=self.features.take(pa.array(rows, type=pa.int64())),
+            labels=self.labels[rows],
+            label_name=self.label_name,
+            source=self.source,
+            sha256=self.sha256,
+            schema=self.schema,
+            image_shape=self.image_shape,
+            dropped_identifiers=self.dropped_identifiers,
+        )
+
+
+def is_numeric(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(
+        arrow_type
+    )
+
+
+def _identifier_like(column: pa.ChunkedArray) -> bool:
+    """Almost every value distinct: an ID, a name, free text. Only for non-float columns."""
+    if pa.types.is_floating(column.type) or column.length() < 20:
+        return False
+    distinct = pc.count_distinct(column).as_py()
+    return distinct >= 0.9 * column.length()
+
+
+def from_table(
+    table: pa.Table,
+    *,
+    label: str | None,
+    source: str,
+    sha256: str,
+    features: Sequence[str] | None = None,
+    schema: Schema | None = None,
+    keep_identifiers: bool = False,
+) -> TabularData:
+    """Split a table into features and labels, checking the columns the user named."""
+    names = table.column_names
+    if label is None:
+        raise DataError(f"Name the label column with --label; columns are: {', '.join(names)}.")
+    if label not in names:
+        raise DataError(f"No label column {label!r} in the data; columns are: {', '.join(names)}.")
+    if features:
+        missing = [f for f in features if f not in names]
+        if missing:
+            raise DataError(f"No feature column {missing[0]!r} in the data; columns are: {', '.join(names)}.")
+        if label in features:
+            raise DataError(f"The label column {label!r} cannot also be a feature.")
+        chosen = list(features)
+    else:
+        chosen = [n for n in names if n != label]
+    label_col = table.column(label)
+    nulls = label_col.null_count
+    if pa.types.is_floating(label_col.type):
+        nulls += pc.sum(pc.is_nan(label_col)).as_py() or 0
+    if nulls:
+        raise DataError(f"Label column {label!r} has {nulls} missing value(s); drop or fill those rows.")
+    dropped: list[str] = []
+    if not keep_identifiers and not features:
+        dropped = [n for n in chosen if _identifier_like(table.column(n))]
+        chosen = [n for n in chosen if n not in dropped]
+    if not chosen:
+        raise DataError("No feature columns are left to train on.")
+    labels = np.array([_label_str(v) for v in label_col.to_pylist()], dtype=object)
+    return TabularData(
+        features=table.select(chosen),
+        labels=labels,
+        label_name=label,
+        source=source,
+        sha256=sha256,
+        schema=schema or Schema(),
+        dropped_identifiers=dropped,
+    )
+
+
+def _label_str(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,330 @@
+"""Preprocessing whose every fitted statistic is either declared (public) or computed with DP.
+
+Fitted on the training split only, and stored in the model card so that prediction applies the
+same transform. No raw statistic of the private data is ever released:
+
+- counts (``n_train``, ``n_test``) are Gaussian-noised;
+- numeric clipping bounds are declared, or read off a Gaussian-noised histogram over a fixed
+  grid of power-of-two bins;
+- category lists and label classes are declared, or chosen by thresholded Gaussian-noised
+  counts (DP partition selection: a value seen in only a few rows is never released);
+- means and scales for standardisation are Gaussian-noised sums of clipped values; when the
+  data are too few for that to be accurate (predicted standard error above 5% of the range),
+  the release is skipped and the declared or DP bounds define the scale instead.
+
+Every release is a Gaussian mechanism with sensitivity normalised to 1 and one shared noise
+multiplier; they appear in the model card's ``privacy.events`` and compose with DP-SGD.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
+from scipy.stats import norm
+
+from securetrain.data.dataset import TabularData, is_numeric
+from securetrain.errors import DataError
+from securetrain.privacy.events import GaussianEvent
+
+Source = Literal["declared", "dp"]
+MOMENTS_MAX_STANDARD_ERROR = 0.05
+_BIN_EXPONENTS = np.arange(-8, 41)  # positive bins (2^(k-1), 2^k]; the first is (0, 2^-8]
+_HIST_THRESHOLD_SDS = 3.0
+
+
+class NumericColumn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["numeric"] = "numeric"
+    lower: float
+    upper: float
+    center: float
+    scale: float
+    bounds_source: Source
+    scaling_source: Literal["dp", "bounds"]
+
+
+class CategoricalColumn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["categorical"] = "categorical"
+    categories: list[str]
+    categories_source: Source
+
+
+class LabelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    classes: list[str]
+    classes_source: Source
+
+
+class DPStatistics(BaseModel):
+    """How the DP statistics were released (all Gaussian, sensitivity normalised to 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    noise_multiplier: float
+    releases: list[str]
+    partition_selection_threshold: float | None
+    partition_selection_delta: float
+    moments_skipped_reason: str | None
+
+
+class Preprocessor(BaseModel):
+    """The fitted transform, as stored in the model card."""
+
+    model_config = ConfigDict(extra="forbid")
+    columns: list[NumericColumn | CategoricalColumn]
+    label: LabelSpec
+    image_shape: list[int] | None = None
+    dropped_identifier_columns: list[str] = []
+    dp: DPStatistics
+
+    @property
+    def n_features(self) -> int:
+        return sum(1 if isinstance(c, NumericColumn) else len(c.categories) for c in self.columns)
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def transform(self, table: pa.Table) -> np.ndarray:
+        """Encode a table's feature columns as a float32 matrix."""
+        missing = [c for c in self.input_columns if c not in table.column_names]
+        if missing:
+            raise DataError(
+                f"No column {missing[0]!r} in the data; the model needs: {', '.join(self.input_columns)}."
+            )
+        blocks = []
+        for col in self.columns:
+            values = table.column(col.name)
+            if isinstance(col, NumericColumn):
+                x = _as_float(values, col.name)
+                x = np.clip(x, col.lower, col.upper)
+                z = (x - col.center) / col.scale
+                z[np.isnan(z)] = 0.0
+                blocks.append(z[:, None])
+            else:
+                strings = _as_strings(values)
+                index = {c: i for i, c in enumerate(col.categories)}
+                onehot = np.zeros((len(strings), len(col.categories)))
+                for row, s in enumerate(strings):
+                    j = index.get(s) if s is not None else None
+                    if j is not None:
+                        onehot[row, j] = 1.0
+                blocks.append(onehot)
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def encode_labels(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class indices, and a mask of the rows whose label is one of the known classes."""
+        index = {c: i for i, c in enumerate(self.label.classes)}
+        y = np.array([index.get(v, -1) for v in labels], dtype=np.int64)
+        return y, y >= 0
+
+
+def _as_float(values: pa.ChunkedArray, name: str) -> np.ndarray:
+    if not is_numeric(values.type):
+        try:
+            values = pc.cast(values, pa.float64())
+        except pa.ArrowInvalid:
+            raise DataError(f"Column {name!r} must be numeric; found type {values.type}.") from None
+    return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _as_strings(values: pa.ChunkedArray) -> list[str | None]:
+    return [None if v is None else str(v) for v in values.to_pylist()]
+
+
+def _bin_index(x: np.ndarray) -> np.ndarray:
+    """Index into the fixed symmetric grid: negatives, zero, positives (99 bins)."""
+    k = len(_BIN_EXPONENTS)
+    mag = np.abs(x)
+    with np.errstate(divide="ignore"):
+        e = np.ceil(np.log2(np.where(mag > 0, mag, 1.0)))
+    e = np.clip(e, _BIN_EXPONENTS[0], _BIN_EXPONENTS[-1]).astype(int) - _BIN_EXPONENTS[0]
+    return np.where(x > 0, k + 1 + e, np.where(x < 0, k - 1 - e, k))
+
+
+def _bin_edges(i: int) -> tuple[float, float]:
+    k = len(_BIN_EXPONENTS)
+    if i == k:
+        return 0.0, 0.0
+    e = _BIN_EXPONENTS[abs(i - k) - 1]
+    lo, hi = (0.0 if e == _BIN_EXPONENTS[0] else 2.0 ** (e - 1)), 2.0**e
+    return (lo, hi) if i > k else (-hi, -lo)
+
+
+def dp_bounds(
+    columns: dict[str, np.ndarray], sigma: float, rng: np.random.Generator
+) -> dict[str, tuple[float, float]]:
+    """Clipping bounds from a noisy histogram: the outer edges of the bins whose noisy count is
+    more than three noise standard deviations. Sensitivity sqrt(#columns), normalised to 1."""
+    std = sigma * math.sqrt(len(columns))
+    threshold = _HIST_THRESHOLD_SDS * std
+    n_bins = 2 * len(_BIN_EXPONENTS) + 1
+    out = {}
+    for name, x in columns.items():
+        finite = x[~np.isnan(x)]
+        counts = np.bincount(_bin_index(finite), minlength=n_bins).astype(float)
+        noisy = counts + rng.normal(0.0, std, n_bins)
+        kept = np.flatnonzero(noisy > threshold)
+        if kept.size == 0:
+            kept = np.array([int(np.argmax(noisy))])
+        lo, hi = _bin_edges(int(kept.min()))[0], _bin_edges(int(kept.max()))[1]
+        if hi <= lo:
+            lo, hi = lo - 1.0, hi + 1.0
+        out[name] = (lo, hi)
+    return out
+
+
+def dp_select(
+    columns: dict[str, list[str | None]], sigma: float, delta: float, rng: np.random.Generator
+) -> tuple[dict[str, list[str]], float]:
+    """DP partition selection: keep values whose noisy count clears a threshold.
+
+    Each record adds 1 to one value per column, so the count vector has L2 sensitivity
+    sqrt(#columns). A value present in only one row is released with probability at most
+    ``delta / #columns`` per column, which the caller adds to the guarantee's delta.
+    """
+    d = len(columns)
+    std = sigma * math.sqrt(d)
+    threshold = 1.0 + std * float(norm.isf(delta / d))
+    out = {}
+    for name, values in columns.items():
+        uniq, counts = np.unique(np.array([v for v in values if v is not None], dtype=object), return_counts=True)
+        noisy = counts + rng.normal(0.0, std, len(counts))
+        out[name] = sorted(str(v) for v, c in zip(uniq, noisy) if c > threshold)
+    return out, threshold
+
+
+def dp_moments(
+    z: np.ndarray, n_noisy: float, sigma: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy mean and standard deviation of values in [-1, 1] (rows x columns).
+
+    The vector (sum z_j, sum z_j^2) has L2 sensitivity sqrt(2 * #columns)."""
+    d = z.shape[1]
+    std = sigma * math.sqrt(2 * d)
+    s1 = np.nansum(z, axis=0) + rng.normal(0.0, std, d)
+    s2 = np.nansum(z * z, axis=0) + rng.normal(0.0, std, d)
+    mean = np.clip(s1 / n_noisy, -1.0, 1.0)
+    var = np.clip(s2 / n_noisy - mean**2, 0.05**2, 1.0)
+    return mean, np.sqrt(var)
+
+
+def fit_preprocessor(
+    train: TabularData,
+    *,
+    n_test: int,
+    sigma: float,
+    selection_delta: float,
+    rng: np.random.Generator,
+) -> tuple[Preprocessor, list[GaussianEvent], float, float]:
+    """Fit the transform on the training split with DP where nothing is declared.
+
+    Returns the preprocessor, the Gaussian events spent, and the noisy train and test counts.
+    """
+    if train.n_rows == 0:
+        raise DataError("The training split is empty.")
+    schema = train.schema
+    releases = ["counts"]
+    noisy_train, noisy_test = np.array([train.n_rows, n_test], dtype=float) + rng.normal(0, sigma, 2)
+    noisy_train = max(noisy_train, 1.0)
+    noisy_test = max(noisy_test, 0.0)
+
+    numeric: dict[str, np.ndarray] = {}
+    categorical: dict[str, list[str | None]] = {}
+    for name in train.features.column_names:
+        col = train.features.column(name)
+        if name in schema.categories or not is_numeric(col.type):
+            categorical[name] = _as_strings(col)
+        else:
+            numeric[name] = _as_float(col, name)
+
+    bounds = {n: schema.bounds[n] for n in numeric if n in schema.bounds}
+    undeclared_numeric = {n: x for n, x in numeric.items() if n not in bounds}
+    if undeclared_numeric:
+        releases.append("numeric_bounds")
+        bounds.update(dp_bounds(undeclared_numeric, sigma, rng))
+
+    to_select = {n: v for n, v in categorical.items() if n not in schema.categories}
+    if schema.classes is None:
+        to_select[train.label_name] = list(train.labels)
+    selected: dict[str, list[str]] = {}
+    threshold = None
+    used_selection_delta = 0.0
+    if to_select:
+        releases.append("category_selection")
+        selected, threshold = dp_select(to_select, sigma, selection_delta, rng)
+        used_selection_delta = selection_delta
+    classes = schema.classes if schema.classes is not None else selected.pop(train.label_name)
+    if len(classes) < 2:
+        raise DataError(
+            f"Label column {train.label_name!r}: only {len(classes)} class(es) are frequent enough "
+            "to be released under DP; declare the classes in a schema file (\"classes\": [...])."
+        )
+
+    columns: list[NumericColumn | CategoricalColumn] = []
+    centers = {n: (lo + hi) / 2 for n, (lo, hi) in bounds.items()}
+    halves = {n: (hi - lo) / 2 for n, (lo, hi) in bounds.items()}
+    moments_reason = None
+    scaling: dict[str, tuple[float, float]] = {n: (centers[n], halves[n]) for n in numeric}
+    if numeric:
+        predicted_se = sigma * math.sqrt(2 * len(numeric)) / noisy_train
+        if predicted_se <= MOMENTS_MAX_STANDARD_ERROR:
+            releases.append("moments")
+            names = list(numeric)
+            z = np.stack(
+                [(np.clip(numeric[n], *bounds[n]) - centers[n]) / halves[n] for n in names], axis=1
+            )
+            mean, sd = dp_moments(z, noisy_train, sigma, rng)
+            for j, n in enumerate(names):
+                scaling[n] = (centers[n] + halves[n] * mean[j], halves[n] * sd[j])
+        else:
+            moments_reason = (
+                f"predicted standard error {predicted_se:.3f} of the range exceeds "
+                f"{MOMENTS_MAX_STANDARD_ERROR}; scaled by the bounds instead"
+            )
+    for name in train.features.column_names:
+        if name in numeric:
+            lo, hi = bounds[name]
+            center, scale = scaling[name]
+            columns.append(
+                NumericColumn(
+                    name=name, lower=lo, upper=hi, center=center, scale=scale,
+                    bounds_source="declared" if name in schema.bounds else "dp",
+                    scaling_source="dp" if moments_reason is None else "bounds",
+                )
+            )
+        else:
+            declared = name in schema.categories
+            columns.append(
+                CategoricalColumn(
+                    name=name,
+                    categories=schema.categories[name] if declared else selected[name],
+                    categories_source="declared" if declared else "dp",
+                )
+            )
+    pre = Preprocessor(
+        columns=columns,
+        label=LabelSpec(
+            name=train.label_name,
+            classes=classes,
+            classes_source="declared" if schema.classes is not None else "dp",
+        ),
+        image_shape=list(train.image_shape) if train.image_shape else None,
+        dropped_identifier_columns=train.dropped_identifiers,
+        dp=DPStatistics(
+            noise_multiplier=sigma,
+            releases=releases,
+            partition_selection_threshold=threshold,
+            partition_selection_delta=used_selection_delta,
+            moments_skipped_reason=moments_reason,
+        ),
+    )
+    return pre, [GaussianEvent(sigma, len(releases))], float(noisy_train), float(noisy_test)

@@ -1,0 +1,32 @@
+"""DP-SGD: Poisson sampling, per-sample clipping strategies, noise, the optimizer step."""
+
+from securetrain.engine.api import make_private, make_private_with_epsilon
+from securetrain.engine.clipping import (
+    ClippingStrategy,
+    GenericStrategy,
+    LayerTrace,
+    register_clipping,
+    strategy_for,
+)
+from securetrain.engine.noise import make_generator
+from securetrain.engine.optimizer import DPOptimizer, clipped_sums
+from securetrain.engine.sampling import DPDataLoader, PoissonBatchSampler, split_physical
+from securetrain.engine.tracer import GradientTracer, check_per_sample
+
+__all__ = [
+    "ClippingStrategy",
+    "DPDataLoader",
+    "DPOptimizer",
+    "GenericStrategy",
+    "GradientTracer",
+    "LayerTrace",
+    "PoissonBatchSampler",
+    "check_per_sample",
+    "clipped_sums",
+    "make_generator",
+    "make_private",
+    "make_private_with_epsilon",
+    "register_clipping",
+    "split_physical",
+    "strategy_for",
+]

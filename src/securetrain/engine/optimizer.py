@@ -1,0 +1,189 @@
+"""The DP-SGD optimizer: per-sample clipping, Gaussian noise, then the wrapped optimizer's step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from securetrain.engine.clipping import GenericStrategy, LayerTrace, own_parameters, strategy_for
+from securetrain.engine.noise import gaussian_noise
+from securetrain.engine.tracer import GradientTracer
+from securetrain.errors import ConfigError
+from securetrain.privacy.accounting import compute_epsilon
+from securetrain.privacy.events import PoissonGaussianEvent
+
+_GENERIC = GenericStrategy()
+
+
+def check_privacy_parameters(
+    *, noise_multiplier: float, max_grad_norm: float, sample_rate: float | None = None
+) -> None:
+    if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+        raise ConfigError(f"Noise multiplier must be >= 0. Found {noise_multiplier}.")
+    if not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
+        raise ConfigError(f"Max grad norm must be > 0. Found {max_grad_norm}.")
+    if sample_rate is not None and not (0 < sample_rate <= 1):
+        raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sample_rate}.")
+
+
+def clipped_sums(
+    layers: dict[str, nn.Module], traces: dict[str, list[LayerTrace]], max_grad_norm: float
+) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+    """Sum over samples of the per-sample gradients, each clipped to ``max_grad_norm`` in L2.
+
+    The norm is taken over all layers together (flat clipping). Returns the sums by layer name
+    and parameter name, and the number of samples seen.
+    """
+    prepared: dict[str, tuple[Any, Any]] = {}
+    for name, layer_traces in traces.items():
+        layer = layers[name]
+        if len(layer_traces) == 1:
+            strategy = strategy_for(layer)
+            prepared[name] = (strategy, strategy.prepare(layer, layer_traces[0]))
+        else:
+            # A layer called several times per forward: its per-sample gradient is the sum of
+            # its calls' contributions, so materialise and add them.
+            parts = [_GENERIC.prepare(layer, t) for t in layer_traces]
+            prepared[name] = (_GENERIC, {k: sum(p[k] for p in parts) for k in parts[0]})
+    if not prepared:
+        return {}, 0
+    norms_sq = [strategy.squared_norms(state) for strategy, state in prepared.values()]
+    sizes = {n.shape[0] for n in norms_sq}
+    if len(sizes) != 1:
+        raise ConfigError(
+            f"Layers saw different batch sizes {sorted(sizes)}; per-sample clipping needs every "
+            "layer to take the batch in its first dimension."
+        )
+    total = torch.stack(norms_sq).sum(0).sqrt()
+    weights = (max_grad_norm / (total + 1e-6)).clamp(max=1.0)
+    sums = {name: strategy.weighted_sum(state, weights) for name, (strategy, state) in prepared.items()}
+    return sums, int(total.shape[0])
+
+
+class DPOptimizer:
+    """Wraps a PyTorch optimizer so that ``step()`` performs one DP-SGD step.
+
+    ``step()`` clips each sample's gradient to ``max_grad_norm``, sums them, adds Gaussian noise
+    of standard deviation ``noise_multiplier * max_grad_norm`` to every trainable parameter, and
+    divides by ``expected_batch_size`` (sample rate times dataset size; never the realised batch
+    size, which would leak it). Then the wrapped optimizer steps.
+
+    For logical batches too large for memory, call :meth:`accumulate` after each physical
+    batch's backward pass; :meth:`step` then ends the logical batch.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        module: nn.Module,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+        sample_rate: float,
+        generator: torch.Generator,
+        secure_rng: bool,
+        loss_reduction: str = "mean",
+    ) -> None:
+        check_privacy_parameters(
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, sample_rate=sample_rate
+        )
+        if not expected_batch_size > 0:
+            raise ConfigError(f"Expected batch size must be > 0. Found {expected_batch_size}.")
+        self.original_optimizer = optimizer
+        self.module = module
+        self.noise_multiplier = float(noise_multiplier)
+        self.max_grad_norm = float(max_grad_norm)
+        self.expected_batch_size = float(expected_batch_size)
+        self.sample_rate = float(sample_rate)
+        self.generator = generator
+        self.secure_rng = secure_rng
+        self.steps = 0
+        self.tracer = GradientTracer(module, loss_reduction=loss_reduction)
+        self._params: dict[tuple[str, str], nn.Parameter] = {
+            (layer_name, pname): p
+            for layer_name, layer in self.tracer.layers.items()
+            for pname, p in own_parameters(layer).items()
+        }
+        self._summed: dict[tuple[str, str], torch.Tensor] = {}
+        self.samples_in_batch = 0
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.original_optimizer.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.original_optimizer.state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.original_optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.original_optimizer.load_state_dict(state)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear ``.grad`` and the recorded traces; clipped sums banked by accumulate() stay."""
+        self.original_optimizer.zero_grad(set_to_none=set_to_none)
+        self.tracer.clear()
+
+    def accumulate(self) -> None:
+        """Clip the per-sample gradients of the last backward pass(es) and bank their sum."""
+        traces = self.tracer.take()
+        with self.tracer.paused():
+            sums, n = clipped_sums(self.tracer.layers, traces, self.max_grad_norm)
+        for layer_name, by_param in sums.items():
+            for pname, g in by_param.items():
+                key = (layer_name, pname)
+                self._summed[key] = self._summed[key] + g if key in self._summed else g
+        self.samples_in_batch += n
+
+    def _check_coverage(self) -> None:
+        for (layer_name, pname), p in self._params.items():
+            if p.grad is not None and (layer_name, pname) not in self._summed:
+                raise ConfigError(
+                    f"Parameter '{layer_name}.{pname}' received a gradient that per-sample "
+                    "tracing did not see; call the layer as a module in forward()."
+                )
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One DP-SGD step over the logical batch (all physical batches accumulated)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.accumulate()
+        self._check_coverage()
+        std = self.noise_multiplier * self.max_grad_norm
+        for key, p in self._params.items():
+            summed = self._summed.get(key)
+            if summed is None:
+                summed = torch.zeros_like(p)
+            noisy = summed + gaussian_noise(summed, std, self.generator) if std > 0 else summed
+            p.grad = (noisy / self.expected_batch_size).to(p.dtype)
+        self.original_optimizer.step()
+        self._summed.clear()
+        self.samples_in_batch = 0
+        self.steps += 1
+        return loss
+
+    @property
+    def events(self) -> list[PoissonGaussianEvent]:
+        """The DP events of the steps taken so far (empty before the first step)."""
+        if self.steps == 0 or self.noise_multiplier == 0:
+            return []
+        return [PoissonGaussianEvent(self.sample_rate, self.noise_multiplier, self.steps)]
+
+    def epsilon(self, delta: float, *, accountant: str = "pld") -> float:
+        """Epsilon spent so far at ``delta``; infinite without noise."""
+        if self.steps and self.noise_multiplier == 0:
+            return math.inf
+        return compute_epsilon(self.events, delta=delta, accountant=accountant)
+
+    def detach(self) -> None:
+        """Remove the tracing hooks from the module."""
+        self.tracer.remove()

@@ -1,0 +1,80 @@
+"""True Poisson sampling: every record joins each step independently with probability q."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from securetrain.errors import ConfigError
+
+
+class PoissonBatchSampler:
+    """Yields ``steps`` batches of indices; batch sizes follow Binomial(n, sample_rate) and may be 0."""
+
+    def __init__(self, n: int, *, sample_rate: float, steps: int, generator: torch.Generator) -> None:
+        if n < 1:
+            raise ConfigError(f"Poisson sampling needs at least one record. Found {n}.")
+        if not (0 < sample_rate <= 1):
+            raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sample_rate}.")
+        if steps < 1:
+            raise ConfigError(f"Number of steps must be at least 1. Found {steps}.")
+        self.n = n
+        self.sample_rate = sample_rate
+        self.steps = steps
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            mask = torch.rand(self.n, generator=self.generator) < self.sample_rate
+            yield mask.nonzero().flatten().tolist()
+
+
+def split_physical(indices: Sequence[int], max_physical_batch_size: int | None) -> list[Sequence[int]]:
+    """Split one logical batch into physical batches of at most the given size (never none)."""
+    if not max_physical_batch_size or len(indices) <= max_physical_batch_size:
+        return [indices]
+    m = max_physical_batch_size
+    return [indices[i : i + m] for i in range(0, len(indices), m)]
+
+
+def _empty_like_collate(dataset: Dataset[Any]) -> Any:
+    """A collate function that also turns an empty batch into zero-length tensors."""
+    from torch.utils.data import default_collate
+
+    def collate(batch: list[Any]) -> Any:
+        if batch:
+            return default_collate(batch)
+        template = default_collate([dataset[0]])
+        return torch.utils._pytree.tree_map(lambda t: t[:0], template)
+
+    return collate
+
+
+class DPDataLoader(DataLoader):
+    """A DataLoader whose batches are drawn by Poisson sampling (variable size, possibly empty)."""
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        *,
+        sample_rate: float,
+        steps: int,
+        generator: torch.Generator,
+        num_workers: int = 0,
+    ) -> None:
+        self.sample_rate = sample_rate
+        sampler = PoissonBatchSampler(
+            len(dataset), sample_rate=sample_rate, steps=steps, generator=generator  # type: ignore[arg-type]
+        )
+        super().__init__(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=_empty_like_collate(dataset),
+            num_workers=num_workers,
+        )

@@ -1,0 +1,312 @@
+"""The training pipeline: load, split, DP preprocessing, DP-SGD, evaluation, model bundle."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, roc_auc_score
+from torch import nn
+
+from securetrain.bundle import ModelCard, check_output_dir, write_bundle
+from securetrain.bundle.card import DataSection, ModelSection, PrivacySection
+from securetrain.data import Preprocessor, Schema, TabularData, fit_preprocessor, load_dataset
+from securetrain.data.split import split_mask
+from securetrain.engine import DPOptimizer, make_generator, split_physical
+from securetrain.engine.sampling import PoissonBatchSampler
+from securetrain.errors import DataError
+from securetrain.privacy import (
+    GaussianEvent,
+    PoissonGaussianEvent,
+    calibrate_gaussian,
+    calibrate_noise,
+    compute_epsilon,
+    events_to_json,
+)
+from securetrain.train.config import Hyperparameters, TrainConfig, choose_hyperparameters, default_delta
+from securetrain.train.models import architecture_for, build_model
+
+NO_DP_WARNING = "Trained WITHOUT differential privacy (--no-dp): a baseline only; do not release."
+# Preprocessing noise is calibrated at this delta; the final epsilon is computed at the run's delta.
+_CALIBRATION_DELTA = 1e-5
+
+
+@dataclass
+class StepInfo:
+    step: int
+    steps: int
+    loss: float
+    epsilon: float | None
+
+
+@dataclass
+class TrainResult:
+    card: ModelCard
+    model: nn.Module
+    preprocessor: Preprocessor
+    bundle: Path
+
+
+ProgressCallback = Callable[[StepInfo], None]
+
+
+def _numpy_rng(seed: int | None) -> np.random.Generator:
+    return np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+
+
+def _preprocessing_sigma(config: TrainConfig, data: TabularData) -> float:
+    """Noise multiplier for preprocessing releases: the share of epsilon spent on them alone."""
+    schema = data.schema
+    releases = 1 + 1  # counts, moments (may be skipped)
+    names = data.features.column_names
+    if any(n not in schema.bounds and n not in schema.categories for n in names):
+        releases += 1
+    if schema.classes is None or any(n not in schema.categories and n not in schema.bounds for n in names):
+        releases += 1
+    target = (config.epsilon or 1.0) * config.preprocessing_share
+    return calibrate_gaussian(target, config.delta or _CALIBRATION_DELTA, count=releases)
+
+
+def make_optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=hp.lr)
+    return torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=0.9)
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float | None]:
+    if len(y) == 0:
+        return {"test_accuracy": None, "test_auc": None}
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+    metrics: dict[str, float | None] = {"test_accuracy": round(float(accuracy_score(y, probs.argmax(1))), 4)}
+    present = np.unique(y)
+    if len(present) < 2:
+        metrics["test_auc"] = None
+    elif n_classes == 2:
+        metrics["test_auc"] = round(float(roc_auc_score(y, probs[:, 1])), 4)
+    else:
+        p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
+        metrics["test_auc"] = round(float(roc_auc_score(y, p, multi_class="ovr", labels=present)), 4)
+    return metrics
+
+
+def _train_dp(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hp: Hyperparameters,
+    sample_rate: float,
+    steps: int,
+    noise_multiplier: float,
+    expected_batch_size: float,
+    delta: float,
+    fixed_events: list[GaussianEvent],
+    accountant: str,
+    seed: int | None,
+    max_physical: int,
+    progress: ProgressCallback | None,
+) -> DPOptimizer:
+    generator, secure = make_generator(seed)
+    base = make_optimizer(model, hp)
+    optimizer = DPOptimizer(
+        base,
+        module=model,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=hp.max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        sample_rate=sample_rate,
+        generator=generator,
+        secure_rng=secure,
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    sampler = PoissonBatchSampler(len(y), sample_rate=sample_rate, steps=steps, generator=generator)
+    report_every = max(1, steps // 25)
+    epsilon: float | None = None
+    model.train()
+    for step, indices in enumerate(sampler, start=1):
+        optimizer.zero_grad()
+        total_loss, seen = 0.0, 0
+        for chunk in split_physical(indices, max_physical):
+            if not len(chunk):
+                continue
+            idx = torch.tensor(chunk, dtype=torch.long)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.accumulate()
+            total_loss += loss.item() * len(chunk)
+            seen += len(chunk)
+        optimizer.step()
+        if progress is not None:
+            if step % report_every == 0 or step == steps:
+                events = [*fixed_events, *optimizer.events]
+                epsilon = compute_epsilon(events, delta=delta, accountant=accountant)
+            progress(StepInfo(step, steps, total_loss / seen if seen else math.nan, epsilon))
+    optimizer.detach()
+    return optimizer
+
+
+def _train_plain(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hp: Hyperparameters,
+    seed: int | None,
+    progress: ProgressCallback | None,
+) -> int:
+    generator, _ = make_generator(seed)
+    optimizer = make_optimizer(model, hp)
+    loss_fn = nn.CrossEntropyLoss()
+    per_epoch = max(1, math.ceil(len(y) / hp.batch_size))
+    steps = hp.epochs * per_epoch
+    model.train()
+    step = 0
+    for _ in range(hp.epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for b in range(per_epoch):
+            idx = order[b * hp.batch_size : (b + 1) * hp.batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if progress is not None:
+                progress(StepInfo(step, steps, loss.item(), None))
+    return steps
+
+
+def load_for(config: TrainConfig) -> TabularData:
+    schema = Schema.load(config.schema_path) if config.schema_path else None
+    return load_dataset(
+        config.data,
+        label=config.label,
+        features=config.features,
+        schema=schema,
+        keep_identifiers=config.keep_identifiers,
+    )
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data: TabularData | None = None,
+    progress: ProgressCallback | None = None,
+) -> TrainResult:
+    """Run the whole pipeline and write the bundle to ``config.out``."""
+    config.validate_choices()
+    check_output_dir(config.out)
+    if data is None:
+        data = load_for(config)
+    rng = _numpy_rng(config.seed)
+    split_seed = config.split_seed or (
+        secrets.token_hex(16) if config.seed is None else f"seed-{config.seed}"
+    )
+    test_mask = split_mask(data, seed=split_seed, test_fraction=config.test_fraction)
+    train_data = data.take(np.flatnonzero(~test_mask))
+    test_data = data.take(np.flatnonzero(test_mask))
+
+    sigma_pre = _preprocessing_sigma(config, data)
+    selection_delta = (config.delta or _CALIBRATION_DELTA) / 10
+    pre, pre_events, n_train_noisy, n_test_noisy = fit_preprocessor(
+        train_data, n_test=test_data.n_rows, sigma=sigma_pre, selection_delta=selection_delta, rng=rng
+    )
+    x_train = pre.transform(train_data.features)
+    y_train, keep = pre.encode_labels(train_data.labels)
+    x_train, y_train = x_train[keep], y_train[keep]
+    if len(y_train) == 0:
+        raise DataError("No training rows are left after preprocessing.")
+    x_test = pre.transform(test_data.features)
+    y_test, keep_test = pre.encode_labels(test_data.labels)
+    x_test, y_test = x_test[keep_test], y_test[keep_test]
+
+    hp = choose_hyperparameters(config, n_noisy=n_train_noisy, image=pre.image_shape is not None)
+    arch = architecture_for(
+        hp.model, n_features=pre.n_features, n_classes=len(pre.label.classes), image_shape=pre.image_shape
+    )
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    model = build_model(arch)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+
+    if config.delta is not None:
+        delta, delta_rule = config.delta, "given"
+    else:
+        delta, delta_rule = default_delta(n_train_noisy)
+    if config.no_dp:
+        steps = _train_plain(model, xt, yt, hp=hp, seed=config.seed, progress=progress)
+        privacy = PrivacySection(
+            mechanism="none", epsilon=None, delta=None, delta_rule=None, accountant=None,
+            noise_multiplier=None, sample_rate=None, steps=steps, max_grad_norm=None,
+            sampling="shuffle", secure_rng=config.seed is None,
+            preprocessing_epsilon_share=None, events=events_to_json(pre_events), warning=NO_DP_WARNING,
+        )
+    else:
+        assert config.epsilon is not None
+        sample_rate = min(1.0, hp.batch_size / n_train_noisy)
+        steps = max(1, math.ceil(hp.epochs / sample_rate))
+        accounting_delta = delta - pre.dp.partition_selection_delta
+        sigma = calibrate_noise(
+            config.epsilon, accounting_delta, sample_rate, steps,
+            fixed_events=pre_events, accountant=config.accountant,
+        )
+        optimizer = _train_dp(
+            model, xt, yt, hp=hp, sample_rate=sample_rate, steps=steps, noise_multiplier=sigma,
+            expected_batch_size=sample_rate * n_train_noisy, delta=accounting_delta,
+            fixed_events=pre_events, accountant=config.accountant, seed=config.seed,
+            max_physical=config.max_physical_batch_size, progress=progress,
+        )
+        events = [*pre_events, PoissonGaussianEvent(sample_rate, sigma, steps)]
+        privacy = PrivacySection(
+            mechanism="dp-sgd",
+            epsilon=compute_epsilon(events, delta=accounting_delta, accountant=config.accountant),
+            delta=delta,
+            delta_partition_selection=pre.dp.partition_selection_delta,
+            delta_rule=delta_rule,
+            accountant=config.accountant,  # type: ignore[arg-type]
+            noise_multiplier=sigma,
+            sample_rate=sample_rate,
+            steps=steps,
+            max_grad_norm=hp.max_grad_norm,
+            expected_batch_size=sample_rate * n_train_noisy,
+            sampling="poisson",
+            secure_rng=optimizer.secure_rng,
+            preprocessing_epsilon_share=config.preprocessing_share,
+            events=events_to_json(events),
+        )
+
+    metrics = evaluate(model, x_test, y_test, len(pre.label.classes))
+    metrics["note"] = "computed on the held-out split; metrics are not covered by the DP guarantee"
+    card = ModelCard(
+        model=ModelSection(
+            architecture=arch,
+            input_schema=[{"name": c.name, "kind": c.kind} for c in pre.columns],
+            preprocessing=pre,
+        ),
+        privacy=privacy,
+        data=DataSection(
+            source=data.source,
+            label=data.label_name,
+            n_train=int(round(n_train_noisy)),
+            n_test=int(round(n_test_noisy)),
+            counts=f"Gaussian-noised (noise multiplier {sigma_pre:.4g}, sensitivity 1), rounded",
+            sha256=data.sha256,
+            split={"method": "hmac-sha256 per record", "test_fraction": config.test_fraction, "seed": split_seed},
+        ),
+        training=hp.model_dump(),
+        metrics=metrics,
+        software={
+            "securetrain": version("securetrain"),
+            "torch": torch.__version__,
+            "dp_accounting": version("dp-accounting"),
+        },
+    )
+    bundle = write_bundle(config.out, model.state_dict(), card)
+    return TrainResult(card=card, model=model, preprocessor=pre, bundle=bundle)
