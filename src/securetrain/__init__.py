@@ -3,7 +3,7 @@
 The public API is exactly ``__all__``; every other module is private and may change.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from securetrain.bundle import ModelCard
 from securetrain.data import load_dataset
@@ -13,8 +13,8 @@ from securetrain.privacy import GaussianEvent, PoissonGaussianEvent, calibrate_n
 from securetrain.train import TrainConfig, train
 
 try:
-    __version__ = version("securetrain")
-except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = _metadata.version("securetrain")
+except _metadata.PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0+unknown"
 
 __all__ = [

@@ -12,7 +12,7 @@ from torch import nn
 from securetrain.engine.clipping import GenericStrategy, LayerTrace, own_parameters, strategy_for
 from securetrain.engine.noise import gaussian_noise
 from securetrain.engine.tracer import GradientTracer
-from securetrain.errors import ConfigError
+from securetrain.errors import ConfigError, UnsupportedModelError
 from securetrain.privacy.accounting import compute_epsilon
 from securetrain.privacy.events import PoissonGaussianEvent
 
@@ -30,13 +30,20 @@ def check_privacy_parameters(
         raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sample_rate}.")
 
 
+Sums = dict[str, dict[str, torch.Tensor]]
+
+
 def clipped_sums(
-    layers: dict[str, nn.Module], traces: dict[str, list[LayerTrace]], max_grad_norm: float
-) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+    layers: dict[str, nn.Module],
+    traces: dict[str, list[LayerTrace]],
+    max_grad_norm: float,
+    *,
+    with_unclipped: bool = False,
+) -> tuple[Sums, int, Sums | None]:
     """Sum over samples of the per-sample gradients, each clipped to ``max_grad_norm`` in L2.
 
     The norm is taken over all layers together (flat clipping). Returns the sums by layer name
-    and parameter name, and the number of samples seen.
+    and parameter name, the number of samples seen, and (on request) the unclipped sums.
     """
     prepared: dict[str, tuple[Any, Any]] = {}
     for name, layer_traces in traces.items():
@@ -50,7 +57,7 @@ def clipped_sums(
             parts = [_GENERIC.prepare(layer, t) for t in layer_traces]
             prepared[name] = (_GENERIC, {k: sum(p[k] for p in parts) for k in parts[0]})
     if not prepared:
-        return {}, 0
+        return {}, 0, None
     norms_sq = [strategy.squared_norms(state) for strategy, state in prepared.values()]
     sizes = {n.shape[0] for n in norms_sq}
     if len(sizes) != 1:
@@ -61,7 +68,11 @@ def clipped_sums(
     total = torch.stack(norms_sq).sum(0).sqrt()
     weights = (max_grad_norm / (total + 1e-6)).clamp(max=1.0)
     sums = {name: strategy.weighted_sum(state, weights) for name, (strategy, state) in prepared.items()}
-    return sums, int(total.shape[0])
+    unclipped = None
+    if with_unclipped:
+        ones = torch.ones_like(weights)
+        unclipped = {name: strategy.weighted_sum(state, ones) for name, (strategy, state) in prepared.items()}
+    return sums, int(total.shape[0]), unclipped
 
 
 class DPOptimizer:
@@ -111,6 +122,7 @@ class DPOptimizer:
         }
         self._summed: dict[tuple[str, str], torch.Tensor] = {}
         self.samples_in_batch = 0
+        self._verified = False
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -135,12 +147,33 @@ class DPOptimizer:
         """Clip the per-sample gradients of the last backward pass(es) and bank their sum."""
         traces = self.tracer.take()
         with self.tracer.paused():
-            sums, n = clipped_sums(self.tracer.layers, traces, self.max_grad_norm)
+            sums, n, unclipped = clipped_sums(
+                self.tracer.layers, traces, self.max_grad_norm, with_unclipped=not self._verified
+            )
+        if unclipped is not None and n > 0:
+            self._verify_tracing(unclipped, n)
         for layer_name, by_param in sums.items():
             for pname, g in by_param.items():
                 key = (layer_name, pname)
                 self._summed[key] = self._summed[key] + g if key in self._summed else g
         self.samples_in_batch += n
+
+    def _verify_tracing(self, unclipped: Sums, n: int) -> None:
+        """Once, on the first non-empty batch: the traced per-sample gradients must add up to
+        autograd's gradient. If a parameter is also used outside its layer's call, they do not,
+        and per-sample clipping would be wrong: refuse instead of training on a wrong gradient."""
+        scale = n if self.tracer.loss_reduction == "mean" else 1
+        for (layer_name, pname), p in self._params.items():
+            if p.grad is None:
+                continue
+            traced = unclipped.get(layer_name, {}).get(pname)
+            expected = p.grad.detach() * scale
+            if traced is None or not torch.allclose(traced, expected, rtol=1e-3, atol=1e-5 * (1 + expected.abs().max().item())):
+                raise UnsupportedModelError(
+                    f"Parameter '{layer_name}.{pname}' is used outside its layer's forward call, so "
+                    "its per-sample gradients cannot be traced; use it only inside one module's forward()."
+                )
+        self._verified = True
 
     def _check_coverage(self) -> None:
         for (layer_name, pname), p in self._params.items():

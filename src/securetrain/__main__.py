@@ -1,0 +1,3 @@
+from securetrain.cli.app import main
+
+main()

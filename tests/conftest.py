@@ -1,0 +1,3 @@
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
