@@ -6,7 +6,8 @@ def test_all_is_sorted_and_exact() -> None:
     import types
 
     public = {
-        n for n in dir(securetrain)
+        n
+        for n in dir(securetrain)
         if not n.startswith("_") and not isinstance(getattr(securetrain, n), types.ModuleType)
     }
     assert public | {"__version__"} == set(securetrain.__all__)

@@ -7,9 +7,19 @@ from importlib import metadata as _metadata
 
 from securetrain.bundle import ModelCard
 from securetrain.data import load_dataset
-from securetrain.engine import DPOptimizer, make_private, make_private_with_epsilon, register_clipping
+from securetrain.engine import (
+    DPOptimizer,
+    make_private,
+    make_private_with_epsilon,
+    register_clipping,
+)
 from securetrain.errors import SecureTrainError
-from securetrain.privacy import GaussianEvent, PoissonGaussianEvent, calibrate_noise, compute_epsilon
+from securetrain.privacy import (
+    GaussianEvent,
+    PoissonGaussianEvent,
+    calibrate_noise,
+    compute_epsilon,
+)
 from securetrain.train import TrainConfig, train
 
 try:

@@ -10,7 +10,9 @@ from securetrain.engine import DPOptimizer, make_generator
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
 
 
 def cnn() -> nn.Module:
@@ -44,8 +46,14 @@ def reference_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cl
 def ours_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict:
     gen, _ = make_generator(0)
     opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0), module=model, noise_multiplier=0.0,
-        max_grad_norm=clip, expected_batch_size=1.0, sample_rate=0.5, generator=gen, secure_rng=False,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        module=model,
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=1.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
     )
     opt.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
@@ -60,8 +68,11 @@ def opacus_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip:
 
     gsm = GradSampleModule(model, loss_reduction="mean")
     opt = OpacusDPOptimizer(
-        torch.optim.SGD(gsm.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=clip,
-        expected_batch_size=1, loss_reduction="sum",
+        torch.optim.SGD(gsm.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=1,
+        loss_reduction="sum",
     )
     opt.zero_grad()
     nn.functional.cross_entropy(gsm(x), y).backward()
@@ -133,8 +144,14 @@ def test_physical_batches_accumulate_to_the_logical_batch() -> None:
     expected = reference_clipped_sum(model, x, y, 0.5)
     gen, _ = make_generator(0)
     opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0), module=model, noise_multiplier=0.0,
-        max_grad_norm=0.5, expected_batch_size=1.0, sample_rate=0.5, generator=gen, secure_rng=False,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        module=model,
+        noise_multiplier=0.0,
+        max_grad_norm=0.5,
+        expected_batch_size=1.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
     )
     for part in (slice(0, 7), slice(7, 8), slice(8, 20)):
         opt.zero_grad()

@@ -11,13 +11,20 @@ from securetrain.engine import DPOptimizer, PoissonBatchSampler, make_generator
 ALPHA = 1e-6  # false-failure rate of each statistical assertion below
 
 
-def _noise_only_step(sigma: float, clip: float, expected_batch: float, seed: int | None) -> torch.Tensor:
+def _noise_only_step(
+    sigma: float, clip: float, expected_batch: float, seed: int | None
+) -> torch.Tensor:
     """One DP-SGD step on an empty batch: the gradient is pure noise / expected batch size."""
     model = nn.Linear(200, 100)
     gen, _ = make_generator(seed)
     opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0), module=model, noise_multiplier=sigma,
-        max_grad_norm=clip, expected_batch_size=expected_batch, sample_rate=0.1, generator=gen,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        module=model,
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        expected_batch_size=expected_batch,
+        sample_rate=0.1,
+        generator=gen,
         secure_rng=seed is None,
     )
     opt.zero_grad()
@@ -26,7 +33,9 @@ def _noise_only_step(sigma: float, clip: float, expected_batch: float, seed: int
     return torch.cat([p.grad.flatten() for p in model.parameters()]).double()
 
 
-@pytest.mark.parametrize(("sigma", "clip", "batch"), [(1.0, 1.0, 1.0), (2.5, 0.3, 7.0), (0.7, 4.0, 50.0)])
+@pytest.mark.parametrize(
+    ("sigma", "clip", "batch"), [(1.0, 1.0, 1.0), (2.5, 0.3, 7.0), (0.7, 4.0, 50.0)]
+)
 def test_noise_has_the_right_standard_deviation(sigma: float, clip: float, batch: float) -> None:
     g = _noise_only_step(sigma, clip, batch, seed=None).numpy()
     expected_sd = sigma * clip / batch
@@ -57,7 +66,9 @@ def test_generator_records_whether_it_is_secure() -> None:
 def test_poisson_batch_sizes_follow_binomial() -> None:
     n, q, steps = 60, 0.15, 20_000
     gen, _ = make_generator(None)
-    sizes = np.array([len(b) for b in PoissonBatchSampler(n, sample_rate=q, steps=steps, generator=gen)])
+    sizes = np.array(
+        [len(b) for b in PoissonBatchSampler(n, sample_rate=q, steps=steps, generator=gen)]
+    )
     assert (sizes == 0).any() or stats.binom.pmf(0, n, q) * steps < 1  # empty batches do occur
     # Chi-square goodness of fit, merging tails so every expected count is at least 5.
     support = np.arange(n + 1)
@@ -65,10 +76,20 @@ def test_poisson_batch_sizes_follow_binomial() -> None:
     observed = np.bincount(sizes, minlength=n + 1).astype(float)
     keep = expected >= 5
     lo_tail, hi_tail = support < support[keep].min(), support > support[keep].max()
-    exp_bins = np.concatenate([[expected[lo_tail].sum()], expected[keep], [expected[hi_tail].sum()]])
-    obs_bins = np.concatenate([[observed[lo_tail].sum()], observed[keep], [observed[hi_tail].sum()]])
-    exp_bins, obs_bins = exp_bins[exp_bins > 0], obs_bins[: len(obs_bins)][np.r_[
-        expected[lo_tail].sum() > 0, np.ones(keep.sum(), bool), expected[hi_tail].sum() > 0]]
+    exp_bins = np.concatenate(
+        [[expected[lo_tail].sum()], expected[keep], [expected[hi_tail].sum()]]
+    )
+    obs_bins = np.concatenate(
+        [[observed[lo_tail].sum()], observed[keep], [observed[hi_tail].sum()]]
+    )
+    exp_bins, obs_bins = (
+        exp_bins[exp_bins > 0],
+        obs_bins[: len(obs_bins)][
+            np.r_[
+                expected[lo_tail].sum() > 0, np.ones(keep.sum(), bool), expected[hi_tail].sum() > 0
+            ]
+        ],
+    )
     result = stats.chisquare(obs_bins, exp_bins * obs_bins.sum() / exp_bins.sum())
     assert result.pvalue > ALPHA
 

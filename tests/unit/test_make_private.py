@@ -23,8 +23,9 @@ def _setup(model: nn.Module | None = None, n: int = 100, batch: int = 10):
 def test_refuses_batchnorm_and_suggests_groupnorm(layer: nn.Module) -> None:
     model, opt, loader = _setup(nn.Sequential(nn.Linear(4, 8), layer, nn.Linear(8, 2)))
     with pytest.raises(UnsupportedModelError, match=r"Layer '1' is .*BatchNorm.*use GroupNorm"):
-        securetrain.make_private(module=model, optimizer=opt, data_loader=loader,
-                                 noise_multiplier=1.0, max_grad_norm=1.0)
+        securetrain.make_private(
+            module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0
+        )
 
 
 @pytest.mark.parametrize(
@@ -39,24 +40,41 @@ def test_refuses_batchnorm_and_suggests_groupnorm(layer: nn.Module) -> None:
 def test_refuses_invalid_privacy_parameters(sigma: float, clip: float, message: str) -> None:
     model, opt, loader = _setup()
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        securetrain.make_private(module=model, optimizer=opt, data_loader=loader,
-                                 noise_multiplier=sigma, max_grad_norm=clip)
+        securetrain.make_private(
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=clip,
+        )
 
 
 @pytest.mark.parametrize("q", [0.0, -0.5, 1.0001])
 def test_optimizer_refuses_sample_rate_outside_unit_interval(q: float) -> None:
     model, opt, _ = _setup()
     with pytest.raises(ConfigError, match=f"Sampling rate must be in \\(0, 1\\]. Found {q}"):
-        securetrain.DPOptimizer(opt, module=model, noise_multiplier=1.0, max_grad_norm=1.0,
-                                expected_batch_size=10, sample_rate=q,
-                                generator=torch.Generator(), secure_rng=True)
+        securetrain.DPOptimizer(
+            opt,
+            module=model,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=10,
+            sample_rate=q,
+            generator=torch.Generator(),
+            secure_rng=True,
+        )
 
 
 def test_ordinary_loop_runs_dp_sgd_and_reports_epsilon() -> None:
     model, opt, loader = _setup(n=200, batch=20)
     model, opt, loader = securetrain.make_private_with_epsilon(
-        module=model, optimizer=opt, data_loader=loader, target_epsilon=2.0,
-        target_delta=1e-5, epochs=3, max_grad_norm=1.0,
+        module=model,
+        optimizer=opt,
+        data_loader=loader,
+        target_epsilon=2.0,
+        target_delta=1e-5,
+        epochs=3,
+        max_grad_norm=1.0,
     )
     assert opt.sample_rate == pytest.approx(0.1)
     before = [p.detach().clone() for p in model.parameters()]
@@ -68,7 +86,7 @@ def test_ordinary_loop_runs_dp_sgd_and_reports_epsilon() -> None:
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     assert len(sizes) == 30 and len(set(sizes)) > 1  # Poisson: variable batch sizes
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     eps = opt.epsilon(1e-5)
     assert 1.98 <= eps <= 2.0
     assert opt.secure_rng
@@ -86,7 +104,7 @@ def test_epsilon_grows_with_steps_and_is_infinite_without_noise() -> None:
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         eps.append(opt.epsilon(1e-5))
-    assert all(a < b for a, b in zip(eps, eps[1:]))
+    assert all(a < b for a, b in zip(eps, eps[1:], strict=False))
     model2, opt2, loader2 = _setup()
     _, opt2, _ = securetrain.make_private(
         module=model2, optimizer=opt2, data_loader=loader2, noise_multiplier=0.0, max_grad_norm=1.0
@@ -107,8 +125,9 @@ def test_a_parameter_used_outside_its_layer_call_is_refused_not_silently_wrong()
             return self.lin(x) + x[:, :2] @ self.lin.weight[:, :2].T
 
     model, opt, loader = _setup(Sneaky())
-    _, opt, _ = securetrain.make_private(module=model, optimizer=opt, data_loader=loader,
-                                         noise_multiplier=1.0, max_grad_norm=1.0)
+    _, opt, _ = securetrain.make_private(
+        module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0
+    )
     x, y = next(iter(loader))
     nn.functional.cross_entropy(model(x), y).backward()
     with pytest.raises(UnsupportedModelError, match="Parameter 'lin.weight' is used outside"):

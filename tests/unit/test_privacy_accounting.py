@@ -21,7 +21,9 @@ from securetrain.privacy import (
 )
 
 
-def reference_pld(q: float, sigma: float, steps: int, delta: float, extra_sigma: float | None = None) -> float:
+def reference_pld(
+    q: float, sigma: float, steps: int, delta: float, extra_sigma: float | None = None
+) -> float:
     acc = pld_privacy_accountant.PLDAccountant()
     acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
     if extra_sigma is not None:
@@ -59,7 +61,12 @@ def test_rdp_on_request_equals_dp_accounting_rdp_and_is_looser() -> None:
 
 @pytest.mark.parametrize(
     ("target", "delta", "q", "steps"),
-    [(1.0, 1e-5, 0.3, 30), (0.5, 1e-6, 0.01, 2000), (8.0, 1e-5, 0.004, 10_000), (3.0, 1e-5, 1.0, 5)],
+    [
+        (1.0, 1e-5, 0.3, 30),
+        (0.5, 1e-6, 0.01, 2000),
+        (8.0, 1e-5, 0.004, 10_000),
+        (3.0, 1e-5, 1.0, 5),
+    ],
 )
 def test_calibrated_sigma_is_the_smallest_within_one_percent(target, delta, q, steps) -> None:
     sigma = calibrate_noise(target, delta, q, steps)
@@ -96,7 +103,13 @@ def test_gaussian_calibration() -> None:
 )
 def test_calibration_rejects_invalid_parameters(kwargs, message) -> None:
     args = {"target_epsilon": 1.0, "delta": 1e-5, "sample_rate": 0.1, "steps": 10} | kwargs
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ConfigError,
+        match=message.replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("[", r"\[")
+        .replace("]", r"\]"),
+    ):
         calibrate_noise(**args)
 
 

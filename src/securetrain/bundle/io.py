@@ -27,7 +27,9 @@ CARD = "model_card.json"
 def check_output_dir(out: Path) -> None:
     """Refuse to overwrite: an existing non-empty directory or a file at ``out``."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"Output path already exists: {str(out)!r}; choose another --out or remove it.")
+        raise DataError(
+            f"Output path already exists: {str(out)!r}; choose another --out or remove it."
+        )
     parent = out.resolve().parent
     if not parent.is_dir():
         raise DataError(f"Output directory's parent does not exist: {str(parent)!r}.")
@@ -39,7 +41,9 @@ def write_bundle(out: Path, state: dict[str, torch.Tensor], card: ModelCard) -> 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS))
-        (tmp / CARD).write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD).write_text(
+            json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
+        )
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -67,7 +71,9 @@ def read_card(bundle: Path) -> ModelCard:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
-        raise DataError(f"Model card {str(path)!r} is invalid at {where}: {first['msg']}.") from None
+        raise DataError(
+            f"Model card {str(path)!r} is invalid at {where}: {first['msg']}."
+        ) from None
 
 
 def read_weights(bundle: Path) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from securetrain.cli.common import err_console
 from securetrain.cli.demo import demo_command
@@ -29,7 +30,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SecureTrainError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except typer.Abort:
         err_console.print("aborted")

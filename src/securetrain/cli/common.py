@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -15,7 +15,7 @@ err_console = Console(stderr=True)
 
 
 @contextmanager
-def training_progress(label: str) -> Iterator[callable]:  # type: ignore[valid-type]
+def training_progress(label: str) -> Iterator[Callable[[StepInfo], None]]:
     """A rich progress bar fed by the trainer's per-step callback."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -27,16 +27,28 @@ def training_progress(label: str) -> Iterator[callable]:  # type: ignore[valid-t
         console=err_console,
         transient=False,
     )
-    task = progress.add_task(label, total=None, loss="-", eps="-")
+    task = None
 
     def update(info: StepInfo) -> None:
-        eps = "n/a (no DP)" if info.epsilon is None and label.endswith("baseline") else (
-            f"{info.epsilon:.3f}" if info.epsilon is not None else "-"
+        nonlocal task
+        if task is None:  # start only once training starts: errors before it print alone
+            progress.start()
+            task = progress.add_task(label, total=info.steps, loss="-", eps="-")
+        eps = (
+            f"{info.epsilon:.3f}"
+            if info.epsilon is not None
+            else ("n/a" if label == "baseline" else "-")
         )
         progress.update(
-            task, total=info.steps, completed=info.step,
-            loss=f"{info.loss:.4f}" if info.loss == info.loss else "-", eps=eps,
+            task,
+            total=info.steps,
+            completed=info.step,
+            loss=f"{info.loss:.4f}" if info.loss == info.loss else "-",
+            eps=eps,
         )
 
-    with progress:
+    try:
         yield update
+    finally:
+        if task is not None:
+            progress.stop()

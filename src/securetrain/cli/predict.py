@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from securetrain.cli.common import console
 from securetrain.train.predict import predict_file
@@ -18,4 +19,4 @@ def predict_command(
 ) -> None:
     """Predict with a model bundle; preprocessing comes from its model card."""
     n = predict_file(bundle, data, out)
-    console.print(f"wrote {n} predictions to {out}")
+    console.print(f"wrote {n} predictions to {escape(str(out))}")

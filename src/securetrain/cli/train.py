@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from securetrain.cli.common import console, err_console, training_progress
 from securetrain.train import NO_DP_WARNING, TrainConfig, TrainResult, train
 
 
-def _features(value: Optional[str]) -> Optional[list[str]]:
+def _features(value: str | None) -> list[str] | None:
     return [f.strip() for f in value.split(",") if f.strip()] if value else None
 
 
@@ -29,43 +30,77 @@ def print_summary(result: TrainResult) -> None:
     auc = f", test AUC {m['test_auc']:.4f}" if m.get("test_auc") is not None else ""
     acc = m.get("test_accuracy")
     console.print(f"test accuracy {acc:.4f}{auc}" if acc is not None else "no test rows")
-    console.print(f"bundle: {result.bundle}")
+    console.print(f"bundle: {escape(str(result.bundle))}")
 
 
 def train_command(
     data: Annotated[str, typer.Option(help="builtin:NAME or a CSV/Parquet file.")],
-    out: Annotated[Path, typer.Option(help="Directory to write the model bundle to (must not exist).")],
-    epsilon: Annotated[Optional[float], typer.Option(help="Privacy budget ε for the whole run.")] = None,
-    delta: Annotated[Optional[float], typer.Option(help="δ; default 10^-max(5, digits(n)+1).")] = None,
-    label: Annotated[Optional[str], typer.Option(help="Label column (not needed for builtin:).")] = None,
-    features: Annotated[Optional[str], typer.Option(help="Comma-separated feature columns.")] = None,
-    schema: Annotated[Optional[Path], typer.Option(help="JSON file of declared bounds/categories/classes.")] = None,
-    model: Annotated[str, typer.Option(help="auto, logreg, mlp or cnn.")] = "auto",
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Expected (Poisson) batch size.")] = None,
-    max_grad_norm: Annotated[Optional[float], typer.Option(help="Per-sample clipping bound C.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
-    accountant: Annotated[str, typer.Option(help="pld (tight) or rdp.")] = "pld",
-    keep_identifiers: Annotated[bool, typer.Option(help="Keep columns whose values are almost all unique.")] = False,
-    seed: Annotated[
-        Optional[int], typer.Option(help="Seed noise, sampling and split: predictable, recorded as secure_rng=false.")
+    out: Annotated[
+        Path, typer.Option(help="Directory to write the model bundle to (must not exist).")
+    ],
+    epsilon: Annotated[
+        float | None, typer.Option(help="Privacy budget ε for the whole run.")
     ] = None,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train WITHOUT privacy: baselines only.")] = False,
+    delta: Annotated[float | None, typer.Option(help="δ; default 10^-max(5, digits(n)+1).")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Label column (not needed for builtin:).")
+    ] = None,
+    features: Annotated[str | None, typer.Option(help="Comma-separated feature columns.")] = None,
+    schema: Annotated[
+        Path | None, typer.Option(help="JSON file of declared bounds/categories/classes.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="auto, logreg, mlp or cnn.")] = "auto",
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Expected (Poisson) batch size.")] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option(help="Per-sample clipping bound C.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    accountant: Annotated[str, typer.Option(help="pld (tight) or rdp.")] = "pld",
+    keep_identifiers: Annotated[
+        bool, typer.Option(help="Keep columns whose values are almost all unique.")
+    ] = False,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed noise, sampling and split: predictable, recorded as secure_rng=false."
+        ),
+    ] = None,
+    no_dp: Annotated[
+        bool, typer.Option("--no-dp", help="Train WITHOUT privacy: baselines only.")
+    ] = False,
 ) -> None:
     """Train a model with DP-SGD and write a bundle (weights + model card)."""
     config = TrainConfig(
-        data=data, out=out, label=label, features=_features(features), schema_path=schema,
-        keep_identifiers=keep_identifiers, model=model, epsilon=epsilon, delta=delta, no_dp=no_dp,  # type: ignore[arg-type]
-        epochs=epochs, batch_size=batch_size, max_grad_norm=max_grad_norm, lr=lr,
-        accountant=accountant, seed=seed,
+        data=data,
+        out=out,
+        label=label,
+        features=_features(features),
+        schema_path=schema,
+        keep_identifiers=keep_identifiers,
+        model=model,
+        epsilon=epsilon,
+        delta=delta,
+        no_dp=no_dp,  # type: ignore[arg-type]
+        epochs=epochs,
+        batch_size=batch_size,
+        max_grad_norm=max_grad_norm,
+        lr=lr,
+        accountant=accountant,
+        seed=seed,
     )
     config.validate_choices()
     if no_dp:
         err_console.print(f"[bold red]WARNING: {NO_DP_WARNING}[/bold red]")
     if seed is not None:
-        err_console.print("[yellow]warning: --seed makes noise predictable (secure_rng=false on the card)[/yellow]")
+        err_console.print(
+            "[yellow]warning: --seed makes noise predictable (secure_rng=false on the card)[/yellow]"
+        )
     with training_progress("baseline" if no_dp else "DP-SGD") as update:
         result = train(config, progress=update)
     for name in result.preprocessor.dropped_identifier_columns:
-        err_console.print(f"[yellow]warning: dropped identifier-like column {name!r} (use --keep-identifiers)[/yellow]")
+        err_console.print(
+            f"[yellow]warning: dropped identifier-like column {escape(repr(name))} "
+            "(use --keep-identifiers)[/yellow]"
+        )
     print_summary(result)

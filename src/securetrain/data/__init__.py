@@ -2,9 +2,9 @@
 
 from securetrain.data.builtin import BUILTINS, PREFIX, load_builtin
 from securetrain.data.dataset import Schema, TabularData, from_table
+from securetrain.data.loading import load_dataset
 from securetrain.data.preprocess import Preprocessor, fit_preprocessor
 from securetrain.data.split import new_split_seed, split_mask, train_test_split
-from securetrain.data.loading import load_dataset
 from securetrain.data.tables import file_sha256, load_table
 
 __all__ = [
@@ -23,4 +23,3 @@ __all__ = [
     "split_mask",
     "train_test_split",
 ]
-

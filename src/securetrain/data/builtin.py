@@ -38,7 +38,11 @@ def _published_ranges(descr: str) -> dict[str, tuple[float, float]]:
         m = re.match(r"^\s*([a-z ]+) \(([a-z ]+)\):\s+([-\d.]+)\s+([-\d.]+)\s*$", line)
         if m:
             base, kind = m.group(1).strip(), m.group(2)
-            name = {"mean": f"mean {base}", "standard error": f"{base} error", "worst": f"worst {base}"}[kind]
+            name = {
+                "mean": f"mean {base}",
+                "standard error": f"{base} error",
+                "worst": f"worst {base}",
+            }[kind]
             ranges[name] = (float(m.group(3)), float(m.group(4)))
     return ranges
 
@@ -57,7 +61,9 @@ def breast_cancer() -> TabularData:
     # The published minimum is often 0; widen each range by 5% so that it is a bound, not a fit.
     bounds = {n: (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)) for n, (lo, hi) in ranges.items()}
     schema = Schema(bounds=bounds, classes=["malignant", "benign"])
-    return TabularData(table, labels, "diagnosis", "builtin:breast-cancer", _digest(table, labels), schema)
+    return TabularData(
+        table, labels, "diagnosis", "builtin:breast-cancer", _digest(table, labels), schema
+    )
 
 
 def digits() -> TabularData:
@@ -70,11 +76,26 @@ def digits() -> TabularData:
     # 4-bit grey levels: 0..16 by the format's definition.
     schema = Schema(bounds={n: (0.0, 16.0) for n in names}, classes=[str(i) for i in range(10)])
     return TabularData(
-        table, labels, "digit", "builtin:digits", _digest(table, labels), schema, image_shape=(1, 8, 8)
+        table,
+        labels,
+        "digit",
+        "builtin:digits",
+        _digest(table, labels),
+        schema,
+        image_shape=(1, 8, 8),
     )
 
 
-MERCHANTS = ["grocery", "fuel", "online", "travel", "electronics", "restaurant", "pharmacy", "gambling"]
+MERCHANTS = [
+    "grocery",
+    "fuel",
+    "online",
+    "travel",
+    "electronics",
+    "restaurant",
+    "pharmacy",
+    "gambling",
+]
 _MERCHANT_RISK = np.array([-0.8, -0.4, 0.6, 0.5, 0.9, -0.5, -0.6, 1.4])
 
 
@@ -129,7 +150,12 @@ def synthetic_fraud(n: int = FRAUD_ROWS, seed: int = FRAUD_SEED) -> TabularData:
         classes=["legitimate", "fraud"],
     )
     return TabularData(
-        table, labels, "is_fraud", f"builtin:synthetic-fraud?seed={seed}", _digest(table, labels), schema
+        table,
+        labels,
+        "is_fraud",
+        f"builtin:synthetic-fraud?seed={seed}",
+        _digest(table, labels),
+        schema,
     )
 
 
@@ -146,9 +172,14 @@ def load_builtin(spec: str) -> TabularData:
     if name.startswith("synthetic-fraud?seed="):
         value = name.split("=", 1)[1]
         if not value.isdigit():
-            raise DataError(f"Seed of builtin:synthetic-fraud must be a non-negative integer. Found {value!r}.")
+            raise DataError(
+                f"Seed of builtin:synthetic-fraud must be a non-negative integer. Found {value!r}."
+            )
         return synthetic_fraud(seed=int(value))
     if name not in BUILTINS:
-        raise DataError(f"Unknown built-in dataset {spec!r}; choose from: "
-                        + ", ".join(PREFIX + k for k in BUILTINS) + ".")
+        raise DataError(
+            f"Unknown built-in dataset {spec!r}; choose from: "
+            + ", ".join(PREFIX + k for k in BUILTINS)
+            + "."
+        )
     return BUILTINS[name]()

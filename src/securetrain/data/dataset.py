@@ -40,7 +40,11 @@ class Schema:
                 raise DataError(f"{origin}: column {name!r} must map to an object. Found {spec!r}.")
             if "bounds" in spec:
                 b = spec["bounds"]
-                ok = isinstance(b, list) and len(b) == 2 and all(isinstance(v, (int, float)) for v in b)
+                ok = (
+                    isinstance(b, list)
+                    and len(b) == 2
+                    and all(isinstance(v, (int, float)) for v in b)
+                )
                 if not ok or not (math.isfinite(b[0]) and math.isfinite(b[1]) and b[0] < b[1]):
                     raise DataError(
                         f"{origin}: bounds of {name!r} must be [lower, upper] with lower < upper. "
@@ -50,7 +54,9 @@ class Schema:
             if "categories" in spec:
                 c = spec["categories"]
                 if not isinstance(c, list) or not c:
-                    raise DataError(f"{origin}: categories of {name!r} must be a non-empty list. Found {c!r}.")
+                    raise DataError(
+                        f"{origin}: categories of {name!r} must be a non-empty list. Found {c!r}."
+                    )
                 categories[name] = [str(v) for v in c]
         classes = data.get("classes")
         if classes is not None and (not isinstance(classes, list) or len(classes) < 2):
@@ -100,8 +106,10 @@ class TabularData:
 
 
 def is_numeric(arrow_type: pa.DataType) -> bool:
-    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(
-        arrow_type
+    return (
+        pa.types.is_integer(arrow_type)
+        or pa.types.is_floating(arrow_type)
+        or pa.types.is_boolean(arrow_type)
     )
 
 
@@ -132,7 +140,9 @@ def from_table(
     if features:
         missing = [f for f in features if f not in names]
         if missing:
-            raise DataError(f"No feature column {missing[0]!r} in the data; columns are: {', '.join(names)}.")
+            raise DataError(
+                f"No feature column {missing[0]!r} in the data; columns are: {', '.join(names)}."
+            )
         if label in features:
             raise DataError(f"The label column {label!r} cannot also be a feature.")
         chosen = list(features)
@@ -143,7 +153,9 @@ def from_table(
     if pa.types.is_floating(label_col.type):
         nulls += pc.sum(pc.is_nan(label_col)).as_py() or 0
     if nulls:
-        raise DataError(f"Label column {label!r} has {nulls} missing value(s); drop or fill those rows.")
+        raise DataError(
+            f"Label column {label!r} has {nulls} missing value(s); drop or fill those rows."
+        )
     dropped: list[str] = []
     if not keep_identifiers and not features:
         dropped = [n for n in chosen if _identifier_like(table.column(n))]

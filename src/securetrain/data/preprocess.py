@@ -133,7 +133,9 @@ def _as_float(values: pa.ChunkedArray, name: str) -> np.ndarray:
             values = pc.cast(values, pa.float64())
         except pa.ArrowInvalid:
             raise DataError(f"Column {name!r} must be numeric; found type {values.type}.") from None
-    return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.asarray(
+        pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+    )
 
 
 def _as_strings(values: pa.ChunkedArray) -> list[str | None]:
@@ -196,9 +198,11 @@ def dp_select(
     threshold = 1.0 + std * float(norm.isf(delta / d))
     out = {}
     for name, values in columns.items():
-        uniq, counts = np.unique(np.array([v for v in values if v is not None], dtype=object), return_counts=True)
+        uniq, counts = np.unique(
+            np.array([v for v in values if v is not None], dtype=object), return_counts=True
+        )
         noisy = counts + rng.normal(0.0, std, len(counts))
-        out[name] = sorted(str(v) for v, c in zip(uniq, noisy) if c > threshold)
+        out[name] = sorted(str(v) for v, c in zip(uniq, noisy, strict=True) if c > threshold)
     return out, threshold
 
 
@@ -233,7 +237,9 @@ def fit_preprocessor(
         raise DataError("The training split is empty.")
     schema = train.schema
     releases = ["counts"]
-    noisy_train, noisy_test = np.array([train.n_rows, n_test], dtype=float) + rng.normal(0, sigma, 2)
+    noisy_train, noisy_test = np.array([train.n_rows, n_test], dtype=float) + rng.normal(
+        0, sigma, 2
+    )
     noisy_train = max(noisy_train, 1.0)
     noisy_test = max(noisy_test, 0.0)
 
@@ -266,7 +272,7 @@ def fit_preprocessor(
     if len(classes) < 2:
         raise DataError(
             f"Label column {train.label_name!r}: only {len(classes)} class(es) are frequent enough "
-            "to be released under DP; declare the classes in a schema file (\"classes\": [...])."
+            'to be released under DP; declare the classes in a schema file ("classes": [...]).'
         )
 
     columns: list[NumericColumn | CategoricalColumn] = []
@@ -296,7 +302,11 @@ def fit_preprocessor(
             center, scale = scaling[name]
             columns.append(
                 NumericColumn(
-                    name=name, lower=lo, upper=hi, center=center, scale=scale,
+                    name=name,
+                    lower=lo,
+                    upper=hi,
+                    center=center,
+                    scale=scale,
                     bounds_source="declared" if name in schema.bounds else "dp",
                     scaling_source="dp" if moments_reason is None else "bounds",
                 )

@@ -67,11 +67,15 @@ def clipped_sums(
         )
     total = torch.stack(norms_sq).sum(0).sqrt()
     weights = (max_grad_norm / (total + 1e-6)).clamp(max=1.0)
-    sums = {name: strategy.weighted_sum(state, weights) for name, (strategy, state) in prepared.items()}
+    sums = {
+        name: strategy.weighted_sum(state, weights) for name, (strategy, state) in prepared.items()
+    }
     unclipped = None
     if with_unclipped:
         ones = torch.ones_like(weights)
-        unclipped = {name: strategy.weighted_sum(state, ones) for name, (strategy, state) in prepared.items()}
+        unclipped = {
+            name: strategy.weighted_sum(state, ones) for name, (strategy, state) in prepared.items()
+        }
     return sums, int(total.shape[0]), unclipped
 
 
@@ -168,7 +172,9 @@ class DPOptimizer:
                 continue
             traced = unclipped.get(layer_name, {}).get(pname)
             expected = p.grad.detach() * scale
-            if traced is None or not torch.allclose(traced, expected, rtol=1e-3, atol=1e-5 * (1 + expected.abs().max().item())):
+            if traced is None or not torch.allclose(
+                traced, expected, rtol=1e-3, atol=1e-5 * (1 + expected.abs().max().item())
+            ):
                 raise UnsupportedModelError(
                     f"Parameter '{layer_name}.{pname}' is used outside its layer's forward call, so "
                     "its per-sample gradients cannot be traced; use it only inside one module's forward()."

@@ -14,7 +14,9 @@ from securetrain.errors import ConfigError
 class PoissonBatchSampler:
     """Yields ``steps`` batches of indices; batch sizes follow Binomial(n, sample_rate) and may be 0."""
 
-    def __init__(self, n: int, *, sample_rate: float, steps: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, n: int, *, sample_rate: float, steps: int, generator: torch.Generator
+    ) -> None:
         if n < 1:
             raise ConfigError(f"Poisson sampling needs at least one record. Found {n}.")
         if not (0 < sample_rate <= 1):
@@ -35,7 +37,9 @@ class PoissonBatchSampler:
             yield mask.nonzero().flatten().tolist()
 
 
-def split_physical(indices: Sequence[int], max_physical_batch_size: int | None) -> list[Sequence[int]]:
+def split_physical(
+    indices: Sequence[int], max_physical_batch_size: int | None
+) -> list[Sequence[int]]:
     """Split one logical batch into physical batches of at most the given size (never none)."""
     if not max_physical_batch_size or len(indices) <= max_physical_batch_size:
         return [indices]
@@ -70,7 +74,10 @@ class DPDataLoader(DataLoader):
     ) -> None:
         self.sample_rate = sample_rate
         sampler = PoissonBatchSampler(
-            len(dataset), sample_rate=sample_rate, steps=steps, generator=generator  # type: ignore[arg-type]
+            len(dataset),
+            sample_rate=sample_rate,
+            steps=steps,
+            generator=generator,  # type: ignore[arg-type]
         )
         super().__init__(
             dataset,

@@ -32,7 +32,9 @@ def check_epsilon(epsilon: float) -> None:
 
 def _check_accountant(accountant: str) -> None:
     if accountant not in ACCOUNTANTS:
-        raise ConfigError(f"Accountant must be one of {', '.join(ACCOUNTANTS)}. Found {accountant!r}.")
+        raise ConfigError(
+            f"Accountant must be one of {', '.join(ACCOUNTANTS)}. Found {accountant!r}."
+        )
 
 
 def compute_epsilon(events: Sequence[Event], *, delta: float, accountant: str = "pld") -> float:
@@ -96,7 +98,10 @@ def calibrate_noise(
         raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sample_rate}.")
     if steps < 1:
         raise ConfigError(f"Number of steps must be at least 1. Found {steps}.")
-    if fixed_events and compute_epsilon(fixed_events, delta=delta, accountant=accountant) >= target_epsilon:
+    if (
+        fixed_events
+        and compute_epsilon(fixed_events, delta=delta, accountant=accountant) >= target_epsilon
+    ):
         raise ConfigError(
             f"The fixed events alone already spend the target epsilon {target_epsilon}."
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from dp_accounting import dp_event
 
@@ -18,7 +18,9 @@ from securetrain.errors import ConfigError
 
 def _check_noise(noise_multiplier: float) -> None:
     if not (noise_multiplier > 0 and math.isfinite(noise_multiplier)):
-        raise ConfigError(f"Noise multiplier must be a positive finite number. Found {noise_multiplier}.")
+        raise ConfigError(
+            f"Noise multiplier must be a positive finite number. Found {noise_multiplier}."
+        )
 
 
 def _check_count(count: int) -> None:
@@ -67,13 +69,19 @@ class GaussianEvent:
         _check_count(self.count)
 
     def to_dp_event(self) -> dp_event.DpEvent:
-        return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(self.noise_multiplier), self.count)
+        return dp_event.SelfComposedDpEvent(
+            dp_event.GaussianDpEvent(self.noise_multiplier), self.count
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"mechanism": "gaussian", "noise_multiplier": self.noise_multiplier, "count": self.count}
+        return {
+            "mechanism": "gaussian",
+            "noise_multiplier": self.noise_multiplier,
+            "count": self.count,
+        }
 
 
-Event = Union[PoissonGaussianEvent, GaussianEvent]
+Event = PoissonGaussianEvent | GaussianEvent
 
 
 def to_dp_event(events: Iterable[Event]) -> dp_event.DpEvent:

@@ -4,4 +4,13 @@ from securetrain.train.config import TrainConfig
 from securetrain.train.models import MODELS, build_model
 from securetrain.train.trainer import NO_DP_WARNING, StepInfo, TrainResult, evaluate, train
 
-__all__ = ["MODELS", "NO_DP_WARNING", "StepInfo", "TrainConfig", "TrainResult", "build_model", "evaluate", "train"]
+__all__ = [
+    "MODELS",
+    "NO_DP_WARNING",
+    "StepInfo",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "evaluate",
+    "train",
+]

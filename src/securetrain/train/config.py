@@ -50,17 +50,25 @@ class TrainConfig(BaseModel):
         if self.delta is not None and not (0 < self.delta < 1):
             raise ConfigError(f"Delta must be in (0, 1). Found {self.delta}.")
         if self.accountant not in ACCOUNTANTS:
-            raise ConfigError(f"Accountant must be one of {', '.join(ACCOUNTANTS)}. Found {self.accountant!r}.")
+            raise ConfigError(
+                f"Accountant must be one of {', '.join(ACCOUNTANTS)}. Found {self.accountant!r}."
+            )
         for name in ("epochs", "batch_size", "max_physical_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"{name.replace('_', ' ').capitalize()} must be at least 1. Found {value}.")
+                raise ConfigError(
+                    f"{name.replace('_', ' ').capitalize()} must be at least 1. Found {value}."
+                )
         for name in ("max_grad_norm", "lr"):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name.replace('_', ' ').capitalize()} must be > 0. Found {value}.")
+                raise ConfigError(
+                    f"{name.replace('_', ' ').capitalize()} must be > 0. Found {value}."
+                )
         if not (0 < self.preprocessing_share < 1):
-            raise ConfigError(f"Preprocessing share must be in (0, 1). Found {self.preprocessing_share}.")
+            raise ConfigError(
+                f"Preprocessing share must be in (0, 1). Found {self.preprocessing_share}."
+            )
         if not (0 < self.test_fraction < 1):
             raise ConfigError(f"Test fraction must be in (0, 1). Found {self.test_fraction}.")
 
@@ -82,9 +90,7 @@ class Hyperparameters(BaseModel):
     optimizer: Literal["sgd-momentum", "adam"] = "sgd-momentum"
 
 
-def choose_hyperparameters(
-    config: TrainConfig, *, n_noisy: float, image: bool
-) -> Hyperparameters:
+def choose_hyperparameters(config: TrainConfig, *, n_noisy: float, image: bool) -> Hyperparameters:
     """Good defaults for DP-SGD on this much data; anything the user set wins."""
     model = config.model if config.model != "auto" else ("cnn" if image else "logreg")
     # Large expected batches (about a third of the data, at most 1024) and few epochs: the
@@ -92,9 +98,8 @@ def choose_hyperparameters(
     batch = config.batch_size or int(min(1024, max(32, round(n_noisy / 3))))
     return Hyperparameters(
         model=model,
-        epochs=config.epochs or 10,
+        epochs=config.epochs or (50 if config.no_dp else 10),
         batch_size=batch,
         max_grad_norm=config.max_grad_norm or (0.2 if model == "logreg" else 1.0),
         lr=config.lr or (0.5 if model == "logreg" else 0.1),
     )
-

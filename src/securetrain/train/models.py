@@ -17,7 +17,9 @@ MODELS = ("logreg", "mlp", "cnn")
 class ImageCNN(nn.Module):
     """A small CNN with GroupNorm (BatchNorm would break per-sample gradients)."""
 
-    def __init__(self, image_shape: list[int], n_classes: int, channels: tuple[int, int] = (16, 32)):
+    def __init__(
+        self, image_shape: list[int], n_classes: int, channels: tuple[int, int] = (16, 32)
+    ):
         super().__init__()
         c, h, w = image_shape
         self.image_shape = (c, h, w)
@@ -44,7 +46,9 @@ def architecture_for(
         raise ConfigError(f"Model must be one of {', '.join(MODELS)}. Found {name!r}.")
     if name == "cnn":
         if not image_shape:
-            raise ConfigError("Model 'cnn' needs image data (for example builtin:digits); use logreg or mlp.")
+            raise ConfigError(
+                "Model 'cnn' needs image data (for example builtin:digits); use logreg or mlp."
+            )
         if math.prod(image_shape) != n_features:
             raise ConfigError(f"Image shape {image_shape} does not match {n_features} features.")
     hidden = [64, 64] if name == "mlp" else []

@@ -25,7 +25,9 @@ def load_model(bundle: Path) -> tuple[ModelCard, nn.Module]:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        raise DataError(f"Weights in {str(bundle)!r} do not match the card's architecture.") from None
+        raise DataError(
+            f"Weights in {str(bundle)!r} do not match the card's architecture."
+        ) from None
     model.eval()
     return card, model
 
@@ -39,7 +41,9 @@ def predict_probabilities(card: ModelCard, model: nn.Module, table: pa.Table) ->
 def predict_file(bundle: Path, data: str, out: Path) -> int:
     """Write predictions (class and per-class probabilities) to ``out`` atomically."""
     if out.exists():
-        raise DataError(f"Output file already exists: {str(out)!r}; choose another --out or remove it.")
+        raise DataError(
+            f"Output file already exists: {str(out)!r}; choose another --out or remove it."
+        )
     if not out.resolve().parent.is_dir():
         raise DataError(f"Output directory does not exist: {str(out.resolve().parent)!r}.")
     card, model = load_model(bundle)
@@ -47,7 +51,9 @@ def predict_file(bundle: Path, data: str, out: Path) -> int:
     probs = predict_probabilities(card, model, table)
     classes = card.model.preprocessing.label.classes
     columns = {"prediction": [classes[i] for i in probs.argmax(1)]}
-    columns.update({f"probability_{c}": probs[:, j].astype(np.float64) for j, c in enumerate(classes)})
+    columns.update(
+        {f"probability_{c}": probs[:, j].astype(np.float64) for j, c in enumerate(classes)}
+    )
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
     os.close(fd)
     try:

@@ -29,7 +29,12 @@ from securetrain.privacy import (
     compute_epsilon,
     events_to_json,
 )
-from securetrain.train.config import Hyperparameters, TrainConfig, choose_hyperparameters, default_delta
+from securetrain.train.config import (
+    Hyperparameters,
+    TrainConfig,
+    choose_hyperparameters,
+    default_delta,
+)
 from securetrain.train.models import architecture_for, build_model
 
 NO_DP_WARNING = "Trained WITHOUT differential privacy (--no-dp): a baseline only; do not release."
@@ -67,7 +72,9 @@ def _preprocessing_sigma(config: TrainConfig, data: TabularData) -> float:
     names = data.features.column_names
     if any(n not in schema.bounds and n not in schema.categories for n in names):
         releases += 1
-    if schema.classes is None or any(n not in schema.categories and n not in schema.bounds for n in names):
+    if schema.classes is None or any(
+        n not in schema.categories and n not in schema.bounds for n in names
+    ):
         releases += 1
     target = (config.epsilon or 1.0) * config.preprocessing_share
     return calibrate_gaussian(target, config.delta or _CALIBRATION_DELTA, count=releases)
@@ -79,13 +86,17 @@ def make_optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimiz
     return torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=0.9)
 
 
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float | None]:
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int
+) -> dict[str, float | None]:
     if len(y) == 0:
         return {"test_accuracy": None, "test_auc": None}
     model.eval()
     with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
-    metrics: dict[str, float | None] = {"test_accuracy": round(float(accuracy_score(y, probs.argmax(1))), 4)}
+    metrics: dict[str, float | None] = {
+        "test_accuracy": round(float(accuracy_score(y, probs.argmax(1))), 4)
+    }
     present = np.unique(y)
     if len(present) < 2:
         metrics["test_auc"] = None
@@ -93,7 +104,9 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int) -> 
         metrics["test_auc"] = round(float(roc_auc_score(y, probs[:, 1])), 4)
     else:
         p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
-        metrics["test_auc"] = round(float(roc_auc_score(y, p, multi_class="ovr", labels=present)), 4)
+        metrics["test_auc"] = round(
+            float(roc_auc_score(y, p, multi_class="ovr", labels=present)), 4
+        )
     return metrics
 
 
@@ -216,7 +229,11 @@ def train(
     sigma_pre = _preprocessing_sigma(config, data)
     selection_delta = (config.delta or _CALIBRATION_DELTA) / 10
     pre, pre_events, n_train_noisy, n_test_noisy = fit_preprocessor(
-        train_data, n_test=test_data.n_rows, sigma=sigma_pre, selection_delta=selection_delta, rng=rng
+        train_data,
+        n_test=test_data.n_rows,
+        sigma=sigma_pre,
+        selection_delta=selection_delta,
+        rng=rng,
     )
     x_train = pre.transform(train_data.features)
     y_train, keep = pre.encode_labels(train_data.labels)
@@ -229,7 +246,10 @@ def train(
 
     hp = choose_hyperparameters(config, n_noisy=n_train_noisy, image=pre.image_shape is not None)
     arch = architecture_for(
-        hp.model, n_features=pre.n_features, n_classes=len(pre.label.classes), image_shape=pre.image_shape
+        hp.model,
+        n_features=pre.n_features,
+        n_classes=len(pre.label.classes),
+        image_shape=pre.image_shape,
     )
     if config.seed is not None:
         torch.manual_seed(config.seed)
@@ -243,10 +263,20 @@ def train(
     if config.no_dp:
         steps = _train_plain(model, xt, yt, hp=hp, seed=config.seed, progress=progress)
         privacy = PrivacySection(
-            mechanism="none", epsilon=None, delta=None, delta_rule=None, accountant=None,
-            noise_multiplier=None, sample_rate=None, steps=steps, max_grad_norm=None,
-            sampling="shuffle", secure_rng=config.seed is None,
-            preprocessing_epsilon_share=None, events=events_to_json(pre_events), warning=NO_DP_WARNING,
+            mechanism="none",
+            epsilon=None,
+            delta=None,
+            delta_rule=None,
+            accountant=None,
+            noise_multiplier=None,
+            sample_rate=None,
+            steps=steps,
+            max_grad_norm=None,
+            sampling="shuffle",
+            secure_rng=config.seed is None,
+            preprocessing_epsilon_share=None,
+            events=events_to_json(pre_events),
+            warning=NO_DP_WARNING,
         )
     else:
         assert config.epsilon is not None
@@ -254,14 +284,28 @@ def train(
         steps = max(1, math.ceil(hp.epochs / sample_rate))
         accounting_delta = delta - pre.dp.partition_selection_delta
         sigma = calibrate_noise(
-            config.epsilon, accounting_delta, sample_rate, steps,
-            fixed_events=pre_events, accountant=config.accountant,
+            config.epsilon,
+            accounting_delta,
+            sample_rate,
+            steps,
+            fixed_events=pre_events,
+            accountant=config.accountant,
         )
         optimizer = _train_dp(
-            model, xt, yt, hp=hp, sample_rate=sample_rate, steps=steps, noise_multiplier=sigma,
-            expected_batch_size=sample_rate * n_train_noisy, delta=accounting_delta,
-            fixed_events=pre_events, accountant=config.accountant, seed=config.seed,
-            max_physical=config.max_physical_batch_size, progress=progress,
+            model,
+            xt,
+            yt,
+            hp=hp,
+            sample_rate=sample_rate,
+            steps=steps,
+            noise_multiplier=sigma,
+            expected_batch_size=sample_rate * n_train_noisy,
+            delta=accounting_delta,
+            fixed_events=pre_events,
+            accountant=config.accountant,
+            seed=config.seed,
+            max_physical=config.max_physical_batch_size,
+            progress=progress,
         )
         events = [*pre_events, PoissonGaussianEvent(sample_rate, sigma, steps)]
         privacy = PrivacySection(
@@ -298,7 +342,11 @@ def train(
             n_test=int(round(n_test_noisy)),
             counts=f"Gaussian-noised (noise multiplier {sigma_pre:.4g}, sensitivity 1), rounded",
             sha256=data.sha256,
-            split={"method": "hmac-sha256 per record", "test_fraction": config.test_fraction, "seed": split_seed},
+            split={
+                "method": "hmac-sha256 per record",
+                "test_fraction": config.test_fraction,
+                "seed": split_seed,
+            },
         ),
         training=hp.model_dump(),
         metrics=metrics,

@@ -1,0 +1,176 @@
+"""The CLI end to end, as a new user would run it."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from dp_accounting import dp_event
+from dp_accounting.pld import pld_privacy_accountant
+
+from tests.helpers import CANARY, patients_table, run_cli, write_csv
+
+
+def recompute_epsilon(card: dict) -> float:
+    """What a sceptical reader does with the card: only dp_accounting and the card's numbers."""
+    p = card["privacy"]
+    acc = pld_privacy_accountant.PLDAccountant()
+    for e in p["events"]:
+        step = dp_event.GaussianDpEvent(e["noise_multiplier"])
+        if e["mechanism"] == "poisson_subsampled_gaussian":
+            step = dp_event.PoissonSampledDpEvent(e["sample_rate"], step)
+        acc.compose(step, e["count"])
+    return acc.get_epsilon(p["delta"])
+
+
+@pytest.fixture(scope="module")
+def breast_cancer_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bc") / "bundle"
+    result = run_cli(
+        "train",
+        "--data",
+        "builtin:breast-cancer",
+        "--epsilon",
+        "1",
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ε = " in result.stdout and "test AUC" in result.stdout
+    return out
+
+
+def test_bundle_has_weights_and_card_and_nothing_pickled(breast_cancer_bundle: Path) -> None:
+    assert sorted(p.name for p in breast_cancer_bundle.iterdir()) == [
+        "model.safetensors",
+        "model_card.json",
+    ]
+    head = (breast_cancer_bundle / "model.safetensors").read_bytes()[:2]
+    assert head != b"\x80\x04"  # not a pickle stream
+
+
+def test_card_epsilon_recomputes_from_events_and_meets_the_target(
+    breast_cancer_bundle: Path,
+) -> None:
+    card = json.loads((breast_cancer_bundle / "model_card.json").read_text())
+    p = card["privacy"]
+    assert card["format"] == "securetrain.model_card/v1"
+    assert p["mechanism"] == "dp-sgd" and p["sampling"] == "poisson" and p["accountant"] == "pld"
+    assert p["secure_rng"] is False  # --seed was given
+    assert p["delta"] < 1 / 569
+    recomputed = recompute_epsilon(card)
+    assert recomputed <= 1.0
+    assert recomputed == pytest.approx(p["epsilon"], rel=0.02)
+    kinds = [e["mechanism"] for e in p["events"]]
+    assert kinds == ["gaussian", "poisson_subsampled_gaussian"]
+    sgd = p["events"][1]
+    assert (sgd["sample_rate"], sgd["noise_multiplier"], sgd["count"]) == (
+        p["sample_rate"],
+        p["noise_multiplier"],
+        p["steps"],
+    )
+    assert card["metrics"]["test_auc"] >= 0.98
+    assert set(card["software"]) == {"securetrain", "torch", "dp_accounting"}
+
+
+def test_predict_on_the_bundle(breast_cancer_bundle: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    columns = {str(n): d.data[:, i] for i, n in enumerate(d.feature_names)}
+    data = write_csv(pa.table(columns), tmp_path / "patients.csv")
+    out = tmp_path / "preds.csv"
+    result = run_cli("predict", str(breast_cancer_bundle), "--data", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 569
+    assert list(rows[0]) == ["prediction", "probability_malignant", "probability_benign"]
+    truth = ["malignant" if t == 0 else "benign" for t in d.target]
+    accuracy = sum(r["prediction"] == t for r, t in zip(rows, truth, strict=True)) / len(rows)
+    assert accuracy > 0.9
+    for r in rows[:20]:
+        assert float(r["probability_malignant"]) + float(r["probability_benign"]) == pytest.approx(
+            1, abs=1e-5
+        )
+
+
+def test_planted_unique_string_never_reaches_the_bundle(tmp_path: Path) -> None:
+    data = write_csv(patients_table(), tmp_path / "patients.csv")
+    out = tmp_path / "bundle"
+    result = run_cli(
+        "train", "--data", str(data), "--label", "outcome", "--epsilon", "1", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "patient_id" in result.stderr  # identifier column dropped, with a warning
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert CANARY.encode() not in f.read_bytes(), f
+    card = json.loads((out / "model_card.json").read_text())
+    pre = card["model"]["preprocessing"]
+    cols = {c["name"]: c for c in pre["columns"]}
+    assert "patient_id" not in cols and pre["dropped_identifier_columns"] == ["patient_id"]
+    assert cols["city"]["categories"] == ["east", "north", "south"]
+    assert cols["city"]["categories_source"] == "dp"
+    assert pre["label"]["classes_source"] == "dp"
+    assert cols["age"]["bounds_source"] == "dp" and cols["age"]["scaling_source"] == "dp"
+    assert set(pre["dp"]["releases"]) == {
+        "counts",
+        "numeric_bounds",
+        "category_selection",
+        "moments",
+    }
+    # The card's epsilon includes the preprocessing share: more than DP-SGD alone.
+    p = card["privacy"]
+    acc = pld_privacy_accountant.PLDAccountant()
+    sgd = p["events"][1]
+    acc.compose(
+        dp_event.PoissonSampledDpEvent(
+            sgd["sample_rate"], dp_event.GaussianDpEvent(sgd["noise_multiplier"])
+        ),
+        sgd["count"],
+    )
+    sgd_only = acc.get_epsilon(p["delta"] - p["delta_partition_selection"])
+    assert p["events"][0] == {
+        "mechanism": "gaussian",
+        "noise_multiplier": pre["dp"]["noise_multiplier"],
+        "count": 4,
+    }
+    assert sgd_only < p["epsilon"] <= 1.0
+    assert p["delta_partition_selection"] > 0
+    assert recompute_epsilon(card) == pytest.approx(p["epsilon"], rel=0.02)
+    # Exact counts are not released: the card's n_train is the noisy count.
+    assert card["data"]["counts"].startswith("Gaussian-noised")
+
+
+def test_no_dp_baseline_says_so_loudly(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    result = run_cli("train", "--data", "builtin:breast-cancer", "--no-dp", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "WITHOUT differential privacy" in result.stderr
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["privacy"]["mechanism"] == "none" and card["privacy"]["epsilon"] is None
+    assert "WITHOUT differential privacy" in card["privacy"]["warning"]
+
+
+def test_digits_with_cnn(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    result = run_cli(
+        "train",
+        "--data",
+        "builtin:digits",
+        "--model",
+        "cnn",
+        "--epsilon",
+        "2",
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["model"]["architecture"]["name"] == "cnn"
+    assert card["metrics"]["test_accuracy"] > 0.7
