@@ -60,7 +60,10 @@ def breast_cancer() -> TabularData:
         raise DataError(f"The breast-cancer data dictionary lacks ranges for {missing[0]!r}.")
     # The published minimum is often 0; widen each range by 5% so that it is a bound, not a fit.
     bounds = {n: (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)) for n, (lo, hi) in ranges.items()}
-    schema = Schema(bounds=bounds, classes=["malignant", "benign"])
+    # Sizes, areas and their errors are positive and right-skewed: declared on a log scale.
+    schema = Schema(
+        bounds=bounds, classes=["malignant", "benign"], transforms=dict.fromkeys(names, "log")
+    )
     return TabularData(
         table, labels, "diagnosis", "builtin:breast-cancer", _digest(table, labels), schema
     )

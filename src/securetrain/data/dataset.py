@@ -20,14 +20,16 @@ from securetrain.errors import DataError
 class Schema:
     """Public knowledge declared by the user: it costs no privacy budget.
 
-    ``bounds`` maps numeric columns to (lower, upper); ``categories`` maps categorical columns to
-    their allowed values; ``classes`` lists the label's values. Anything not declared is
-    estimated with differential privacy from the training split.
+    ``bounds`` maps numeric columns to (lower, upper); ``transforms`` marks right-skewed numeric
+    columns for a log scale (``"log"``; default ``"linear"``); ``categories`` maps categorical
+    columns to their allowed values; ``classes`` lists the label's values. Anything not declared
+    is estimated with differential privacy from the training split.
     """
 
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     categories: dict[str, list[str]] = field(default_factory=dict)
     classes: list[str] | None = None
+    transforms: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, origin: str = "schema") -> Schema:
@@ -35,6 +37,7 @@ class Schema:
             raise DataError(f"{origin} must be a JSON object. Found {type(data).__name__}.")
         bounds: dict[str, tuple[float, float]] = {}
         categories: dict[str, list[str]] = {}
+        transforms: dict[str, str] = {}
         for name, spec in (data.get("columns") or {}).items():
             if not isinstance(spec, dict):
                 raise DataError(f"{origin}: column {name!r} must map to an object. Found {spec!r}.")
@@ -58,10 +61,17 @@ class Schema:
                         f"{origin}: categories of {name!r} must be a non-empty list. Found {c!r}."
                     )
                 categories[name] = [str(v) for v in c]
+            if "transform" in spec:
+                t = spec["transform"]
+                if t not in ("linear", "log"):
+                    raise DataError(
+                        f"{origin}: transform of {name!r} must be 'linear' or 'log'. Found {t!r}."
+                    )
+                transforms[name] = t
         classes = data.get("classes")
         if classes is not None and (not isinstance(classes, list) or len(classes) < 2):
             raise DataError(f"{origin}: classes must list at least two labels. Found {classes!r}.")
-        return cls(bounds, categories, [str(v) for v in classes] if classes else None)
+        return cls(bounds, categories, [str(v) for v in classes] if classes else None, transforms)
 
     @classmethod
     def load(cls, path: str | Path) -> Schema:

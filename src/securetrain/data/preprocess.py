@@ -37,12 +37,27 @@ _BIN_EXPONENTS = np.arange(-8, 41)  # positive bins (2^(k-1), 2^k]; the first is
 _HIST_THRESHOLD_SDS = 3.0
 
 
+LOG_OFFSET_FRACTION = 0.01
+
+
+def forward(x: np.ndarray, lower: float, upper: float, transform: str) -> np.ndarray:
+    """Clip to the bounds; for ``log`` (positive, right-skewed data), take log(x + c) with
+    c = 1% of the range, shifted so that a negative lower bound maps above zero."""
+    x = np.clip(x, lower, upper)
+    if transform == "log":
+        return np.log(x - min(lower, 0.0) + LOG_OFFSET_FRACTION * (upper - lower))
+    return x
+
+
 class NumericColumn(BaseModel):
+    """``z = (forward(x) - center) / scale``; nulls become 0 (the center)."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
     kind: Literal["numeric"] = "numeric"
     lower: float
     upper: float
+    transform: Literal["linear", "log"] = "linear"
     center: float
     scale: float
     bounds_source: Source
@@ -104,8 +119,7 @@ class Preprocessor(BaseModel):
         for col in self.columns:
             values = table.column(col.name)
             if isinstance(col, NumericColumn):
-                x = _as_float(values, col.name)
-                x = np.clip(x, col.lower, col.upper)
+                x = forward(_as_float(values, col.name), col.lower, col.upper, col.transform)
                 z = (x - col.center) / col.scale
                 z[np.isnan(z)] = 0.0
                 blocks.append(z[:, None])
@@ -276,8 +290,12 @@ def fit_preprocessor(
         )
 
     columns: list[NumericColumn | CategoricalColumn] = []
-    centers = {n: (lo + hi) / 2 for n, (lo, hi) in bounds.items()}
-    halves = {n: (hi - lo) / 2 for n, (lo, hi) in bounds.items()}
+    transforms = {n: schema.transforms.get(n, "linear") for n in numeric}
+    t_bounds = {
+        n: tuple(forward(np.array(bounds[n]), *bounds[n], transforms[n])) for n in numeric
+    }
+    centers = {n: (lo + hi) / 2 for n, (lo, hi) in t_bounds.items()}
+    halves = {n: (hi - lo) / 2 for n, (lo, hi) in t_bounds.items()}
     moments_reason = None
     scaling: dict[str, tuple[float, float]] = {n: (centers[n], halves[n]) for n in numeric}
     if numeric:
@@ -286,7 +304,11 @@ def fit_preprocessor(
             releases.append("moments")
             names = list(numeric)
             z = np.stack(
-                [(np.clip(numeric[n], *bounds[n]) - centers[n]) / halves[n] for n in names], axis=1
+                [
+                    (forward(numeric[n], *bounds[n], transforms[n]) - centers[n]) / halves[n]
+                    for n in names
+                ],
+                axis=1,
             )
             mean, sd = dp_moments(z, noisy_train, sigma, rng)
             for j, n in enumerate(names):
@@ -305,6 +327,7 @@ def fit_preprocessor(
                     name=name,
                     lower=lo,
                     upper=hi,
+                    transform=transforms[name],
                     center=center,
                     scale=scale,
                     bounds_source="declared" if name in schema.bounds else "dp",
