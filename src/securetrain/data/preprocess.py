@@ -291,9 +291,7 @@ def fit_preprocessor(
 
     columns: list[NumericColumn | CategoricalColumn] = []
     transforms = {n: schema.transforms.get(n, "linear") for n in numeric}
-    t_bounds = {
-        n: tuple(forward(np.array(bounds[n]), *bounds[n], transforms[n])) for n in numeric
-    }
+    t_bounds = {n: tuple(forward(np.array(bounds[n]), *bounds[n], transforms[n])) for n in numeric}
     centers = {n: (lo + hi) / 2 for n, (lo, hi) in t_bounds.items()}
     halves = {n: (hi - lo) / 2 for n, (lo, hi) in t_bounds.items()}
     moments_reason = None
