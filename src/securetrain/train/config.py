@@ -98,8 +98,8 @@ def choose_hyperparameters(config: TrainConfig, *, n_noisy: float, image: bool) 
     batch = config.batch_size or int(min(1024, max(32, round(n_noisy / 3))))
     return Hyperparameters(
         model=model,
-        epochs=config.epochs or (50 if config.no_dp else 10),
+        epochs=config.epochs or (50 if config.no_dp else 25),
         batch_size=batch,
         max_grad_norm=config.max_grad_norm or (0.2 if model == "logreg" else 1.0),
-        lr=config.lr or (0.5 if model == "logreg" else 0.1),
+        lr=config.lr or (0.3 if model == "logreg" else 0.1),
     )

@@ -1,0 +1,24 @@
+"""Benchmarks run in a tiny size so they keep working; their real figures are in BENCHMARKS.md."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_privacy_utility_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "privacy_utility.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    rows = figures["builtin:breast-cancer"]
+    assert set(rows) == {"epsilon_1", "no_dp"}
+    assert rows["no_dp"]["test_auc"]["mean"] > 0.95
+    assert 0.5 < rows["epsilon_1"]["opacus_exact_standardisation_test_auc"]["mean"] <= 1.0
