@@ -24,7 +24,15 @@ def recompute_epsilon(card: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def breast_cancer_bundle(tmp_path_factory) -> Path:
+def keys(tmp_path_factory) -> Path:
+    keydir = tmp_path_factory.mktemp("keys") / "keys"
+    result = run_cli("keys", "new", "--out", str(keydir))
+    assert result.returncode == 0, result.stderr
+    return keydir
+
+
+@pytest.fixture(scope="module")
+def breast_cancer_bundle(tmp_path_factory, keys: Path) -> Path:
     out = tmp_path_factory.mktemp("bc") / "bundle"
     result = run_cli(
         "train",
@@ -36,6 +44,8 @@ def breast_cancer_bundle(tmp_path_factory) -> Path:
         str(out),
         "--seed",
         "0",
+        "--key",
+        str(keys),
     )
     assert result.returncode == 0, result.stderr
     assert "ε = " in result.stdout and "test AUC" in result.stdout
@@ -45,6 +55,7 @@ def breast_cancer_bundle(tmp_path_factory) -> Path:
 def test_bundle_has_weights_and_card_and_nothing_pickled(breast_cancer_bundle: Path) -> None:
     assert sorted(p.name for p in breast_cancer_bundle.iterdir()) == [
         "model.safetensors",
+        "model.sig",
         "model_card.json",
     ]
     head = (breast_cancer_bundle / "model.safetensors").read_bytes()[:2]
@@ -75,7 +86,7 @@ def test_card_epsilon_recomputes_from_events_and_meets_the_target(
     assert set(card["software"]) == {"securetrain", "torch", "dp_accounting"}
 
 
-def test_predict_on_the_bundle(breast_cancer_bundle: Path, tmp_path: Path) -> None:
+def test_predict_on_the_bundle(breast_cancer_bundle: Path, keys: Path, tmp_path: Path) -> None:
     import pyarrow as pa
     from sklearn.datasets import load_breast_cancer
 
@@ -83,7 +94,17 @@ def test_predict_on_the_bundle(breast_cancer_bundle: Path, tmp_path: Path) -> No
     columns = {str(n): d.data[:, i] for i, n in enumerate(d.feature_names)}
     data = write_csv(pa.table(columns), tmp_path / "patients.csv")
     out = tmp_path / "preds.csv"
-    result = run_cli("predict", str(breast_cancer_bundle), "--data", str(data), "--out", str(out))
+    pub = str(keys / "signing.pub.pem")
+    result = run_cli(
+        "predict",
+        str(breast_cancer_bundle),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--public-key",
+        pub,
+    )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 569
@@ -174,3 +195,35 @@ def test_digits_with_cnn(tmp_path: Path) -> None:
     card = json.loads((out / "model_card.json").read_text())
     assert card["model"]["architecture"]["name"] == "cnn"
     assert card["metrics"]["test_accuracy"] > 0.7
+
+
+def test_predict_bad_input(breast_cancer_bundle: Path, keys: Path, tmp_path: Path) -> None:
+    data = write_csv(patients_table(n=50, canary_row=None), tmp_path / "other.csv")
+    out = tmp_path / "preds.csv"
+    pub = str(keys / "signing.pub.pem")
+    r = run_cli(
+        "predict",
+        str(breast_cancer_bundle),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--public-key",
+        pub,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "No column 'mean radius' in the data; the model needs:" in r.stderr
+    assert not out.exists()
+    out.write_text("keep me")
+    r = run_cli(
+        "predict",
+        str(breast_cancer_bundle),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--public-key",
+        pub,
+    )
+    assert r.returncode == 2 and "already exists" in r.stderr
+    assert out.read_text() == "keep me"

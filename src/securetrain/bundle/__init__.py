@@ -1,22 +1,28 @@
-"""Model bundles: safetensors weights and a JSON model card."""
+"""Model bundles: safetensors weights, a JSON model card, and an OpenSSF model-signing signature."""
 
 from securetrain.bundle.card import CARD_FORMAT, ModelCard
 from securetrain.bundle.io import (
     CARD,
+    SIGNATURE,
     WEIGHTS,
+    Signer,
     check_output_dir,
     read_card,
     read_weights,
+    verify_bundle,
     write_bundle,
 )
 
 __all__ = [
     "CARD",
     "CARD_FORMAT",
+    "SIGNATURE",
     "WEIGHTS",
     "ModelCard",
+    "Signer",
     "check_output_dir",
     "read_card",
     "read_weights",
+    "verify_bundle",
     "write_bundle",
 ]

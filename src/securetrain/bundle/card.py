@@ -60,6 +60,7 @@ class DataSection(BaseModel):
     counts: str
     sha256: str
     split: dict[str, Any]
+    sealed: dict[str, str] | None = None
 
 
 class ModelCard(BaseModel):
@@ -71,3 +72,4 @@ class ModelCard(BaseModel):
     training: dict[str, Any]
     metrics: dict[str, Any]
     software: dict[str, str]
+    signing: dict[str, str] | None = None

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,10 +19,24 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from securetrain.bundle.card import CARD_FORMAT, ModelCard
+from securetrain.crypto.keys import fingerprint, public_key_of
+from securetrain.crypto.signing import sign_directory, verify_directory
 from securetrain.errors import DataError
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
+SIGNATURE = "model.sig"
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The ECDSA P-256 private key that signs bundles (and its passphrase, if encrypted)."""
+
+    private_key: Path
+    passphrase: str | None = None
+
+    def fingerprint(self) -> str:
+        return fingerprint(public_key_of(self.private_key, self.passphrase))
 
 
 def check_output_dir(out: Path) -> None:
@@ -35,7 +50,11 @@ def check_output_dir(out: Path) -> None:
         raise DataError(f"Output directory's parent does not exist: {str(parent)!r}.")
 
 
-def write_bundle(out: Path, state: dict[str, torch.Tensor], card: ModelCard) -> Path:
+def write_bundle(
+    out: Path, state: dict[str, torch.Tensor], card: ModelCard, *, signer: Signer | None = None
+) -> Path:
+    """Write weights and card, sign them in the OpenSSF model-signing format (``model.sig``)
+    when a signer is given, then move the finished bundle into place."""
     check_output_dir(out)
     parent = out.resolve().parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
@@ -44,6 +63,8 @@ def write_bundle(out: Path, state: dict[str, torch.Tensor], card: ModelCard) -> 
         (tmp / CARD).write_text(
             json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
         )
+        if signer is not None:
+            sign_directory(tmp, signer.private_key, SIGNATURE, passphrase=signer.passphrase)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -84,3 +105,11 @@ def read_weights(bundle: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise DataError(f"Could not read weights {str(path)!r}: {exc}") from None
+
+
+def verify_bundle(bundle: Path, public_key: Path) -> ModelCard:
+    """Check the bundle's signature over every file, then parse its card."""
+    if not (bundle / CARD).is_file():
+        raise DataError(f"Not a model bundle (no {CARD}): {str(bundle)!r}.")
+    verify_directory(bundle, public_key, SIGNATURE)
+    return read_card(bundle)

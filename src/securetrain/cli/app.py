@@ -9,9 +9,11 @@ from rich.markup import escape
 
 from securetrain.cli.common import err_console
 from securetrain.cli.demo import demo_command
+from securetrain.cli.keys import keys_app
 from securetrain.cli.predict import predict_command
+from securetrain.cli.sealed import inspect_command, seal_command, unseal_command, verify_command
 from securetrain.cli.train import train_command
-from securetrain.errors import SecureTrainError
+from securetrain.errors import SecureTrainError, SecurityError
 
 app = typer.Typer(
     name="securetrain",
@@ -20,20 +22,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(keys_app, name="keys")
+app.command("seal")(seal_command)
+app.command("inspect")(inspect_command)
+app.command("verify")(verify_command)
+app.command("unseal")(unseal_command)
 app.command("train")(train_command)
 app.command("predict")(predict_command)
 app.command("demo")(demo_command)
 
+EXIT_USER_ERROR = 2
+EXIT_SECURITY_FAILURE = 3
+
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: errors become one line on stderr; exit 2 for bad input, 3 for a failed
+    security check (wrong key, tampering, bad signature)."""
     try:
         app(standalone_mode=False)
     except SecureTrainError as exc:
         err_console.print(
             f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
-        sys.exit(2)
+        sys.exit(EXIT_SECURITY_FAILURE if isinstance(exc, SecurityError) else EXIT_USER_ERROR)
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)

@@ -30,7 +30,8 @@ def print_summary(result: TrainResult) -> None:
     auc = f", test AUC {m['test_auc']:.4f}" if m.get("test_auc") is not None else ""
     acc = m.get("test_accuracy")
     console.print(f"test accuracy {acc:.4f}{auc}" if acc is not None else "no test rows")
-    console.print(f"bundle: {escape(str(result.bundle))}")
+    signed = f", signed by {card.signing['signer']}" if card.signing else ", unsigned"
+    console.print(f"bundle: {escape(str(result.bundle))}{signed}")
 
 
 def train_command(
@@ -44,6 +45,10 @@ def train_command(
     delta: Annotated[float | None, typer.Option(help="δ; default 10^-max(5, digits(n)+1).")] = None,
     label: Annotated[
         str | None, typer.Option(help="Label column (not needed for builtin:).")
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated label classes (public; no DP selection needed)."),
     ] = None,
     features: Annotated[str | None, typer.Option(help="Comma-separated feature columns.")] = None,
     schema: Annotated[
@@ -69,6 +74,20 @@ def train_command(
     no_dp: Annotated[
         bool, typer.Option("--no-dp", help="Train WITHOUT privacy: baselines only.")
     ] = False,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="Key set: decrypts sealed data and signs the bundle."),
+    ] = None,
+    passphrase_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the key set's passphrase.")
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="Public key that signed the sealed data (default: the key set's)."),
+    ] = None,
+    sign_key: Annotated[
+        Path | None, typer.Option(help="Sign the bundle with this key instead of the key set's.")
+    ] = None,
 ) -> None:
     """Train a model with DP-SGD and write a bundle (weights + model card)."""
     config = TrainConfig(
@@ -76,6 +95,7 @@ def train_command(
         out=out,
         label=label,
         features=_features(features),
+        classes=_features(classes),
         schema_path=schema,
         keep_identifiers=keep_identifiers,
         model=model,
@@ -88,6 +108,10 @@ def train_command(
         lr=lr,
         accountant=accountant,
         seed=seed,
+        key_dir=key,
+        passphrase_env=passphrase_env,
+        public_key=public_key,
+        sign_key=sign_key,
     )
     config.validate_choices()
     if no_dp:
@@ -102,5 +126,9 @@ def train_command(
         err_console.print(
             f"[yellow]warning: dropped identifier-like column {escape(repr(name))} "
             "(use --keep-identifiers)[/yellow]"
+        )
+    if result.card.signing is None:
+        err_console.print(
+            "[yellow]warning: the bundle is not signed (give --key or --sign-key)[/yellow]"
         )
     print_summary(result)

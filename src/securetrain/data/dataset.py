@@ -97,6 +97,7 @@ class TabularData:
     schema: Schema = field(default_factory=Schema)
     image_shape: tuple[int, ...] | None = None
     dropped_identifiers: list[str] = field(default_factory=list)
+    sealed: dict[str, str] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -112,6 +113,7 @@ class TabularData:
             schema=self.schema,
             image_shape=self.image_shape,
             dropped_identifiers=self.dropped_identifiers,
+            sealed=self.sealed,
         )
 
 

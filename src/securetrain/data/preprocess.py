@@ -286,7 +286,7 @@ def fit_preprocessor(
     if len(classes) < 2:
         raise DataError(
             f"Label column {train.label_name!r}: only {len(classes)} class(es) are frequent enough "
-            'to be released under DP; declare the classes in a schema file ("classes": [...]).'
+            "to be released under DP; declare them with --classes A,B or in a schema file."
         )
 
     columns: list[NumericColumn | CategoricalColumn] = []

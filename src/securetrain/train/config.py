@@ -35,8 +35,13 @@ class TrainConfig(BaseModel):
     accountant: str = "pld"
     preprocessing_share: float = 0.1
     test_fraction: float = 0.3
+    classes: list[str] | None = None
     seed: int | None = None
     split_seed: str | None = None
+    key_dir: Path | None = None
+    passphrase_env: str | None = None
+    public_key: Path | None = None
+    sign_key: Path | None = None
     max_physical_batch_size: int = 512
 
     def validate_choices(self) -> None:

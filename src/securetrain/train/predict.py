@@ -12,10 +12,27 @@ import pyarrow.csv as pacsv
 import torch
 from torch import nn
 
-from securetrain.bundle import ModelCard, read_card, read_weights
+from securetrain.bundle import CARD, SIGNATURE, ModelCard, read_card, read_weights, verify_bundle
 from securetrain.data import load_table
-from securetrain.errors import DataError
+from securetrain.errors import ConfigError, DataError, IntegrityError
 from securetrain.train.models import build_model
+
+
+def check_signature(bundle: Path, public_key: Path | None, allow_unsigned: bool) -> None:
+    """Refuse an unsigned or tampered bundle unless the caller explicitly allows it."""
+    if allow_unsigned:
+        return
+    if not (bundle / SIGNATURE).is_file():
+        if not (bundle / CARD).is_file():
+            raise DataError(f"Not a model bundle (no {CARD}): {str(bundle)!r}.")
+        raise IntegrityError(
+            f"Bundle {str(bundle)!r} is not signed; give --allow-unsigned to use it anyway."
+        )
+    if public_key is None:
+        raise ConfigError(
+            "Give --public-key PUB to check the bundle's signature (or --allow-unsigned)."
+        )
+    verify_bundle(bundle, public_key)
 
 
 def load_model(bundle: Path) -> tuple[ModelCard, nn.Module]:
@@ -38,14 +55,23 @@ def predict_probabilities(card: ModelCard, model: nn.Module, table: pa.Table) ->
         return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
 
 
-def predict_file(bundle: Path, data: str, out: Path) -> int:
-    """Write predictions (class and per-class probabilities) to ``out`` atomically."""
+def predict_file(
+    bundle: Path,
+    data: str,
+    out: Path,
+    *,
+    public_key: Path | None = None,
+    allow_unsigned: bool = False,
+) -> int:
+    """Write predictions (class and per-class probabilities) to ``out`` atomically, after
+    checking the bundle's signature (unless ``allow_unsigned``)."""
     if out.exists():
         raise DataError(
             f"Output file already exists: {str(out)!r}; choose another --out or remove it."
         )
     if not out.resolve().parent.is_dir():
         raise DataError(f"Output directory does not exist: {str(out.resolve().parent)!r}.")
+    check_signature(bundle, public_key, allow_unsigned)
     card, model = load_model(bundle)
     table = load_table(data)
     probs = predict_probabilities(card, model, table)

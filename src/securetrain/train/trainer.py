@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -14,13 +14,22 @@ import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 from torch import nn
 
-from securetrain.bundle import ModelCard, check_output_dir, write_bundle
+from securetrain.bundle import SIGNATURE, ModelCard, Signer, check_output_dir, write_bundle
 from securetrain.bundle.card import DataSection, ModelSection, PrivacySection
-from securetrain.data import Preprocessor, Schema, TabularData, fit_preprocessor, load_dataset
+from securetrain.crypto import KeyProvider, KeySetPaths, passphrase_from_env, provider_for_keydir
+from securetrain.crypto.signing import signed_manifest_digest
+from securetrain.data import (
+    Preprocessor,
+    Schema,
+    TabularData,
+    fit_preprocessor,
+    from_table,
+    load_dataset,
+)
 from securetrain.data.split import split_mask
 from securetrain.engine import DPOptimizer, make_generator, split_physical
 from securetrain.engine.sampling import PoissonBatchSampler
-from securetrain.errors import DataError
+from securetrain.errors import ConfigError, DataError
 from securetrain.privacy import (
     GaussianEvent,
     PoissonGaussianEvent,
@@ -29,6 +38,8 @@ from securetrain.privacy import (
     compute_epsilon,
     events_to_json,
 )
+from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
+from securetrain.sealed import is_sealed, open_sealed, verify_sealed
 from securetrain.train.config import (
     Hyperparameters,
     TrainConfig,
@@ -196,15 +207,69 @@ def _train_plain(
     return steps
 
 
-def load_for(config: TrainConfig) -> TabularData:
-    schema = Schema.load(config.schema_path) if config.schema_path else None
-    return load_dataset(
-        config.data,
-        label=config.label,
+@dataclass(frozen=True)
+class ResolvedKeys:
+    provider: KeyProvider | None
+    public_key: Path | None
+    signer: Signer | None
+
+
+def resolve_keys(config: TrainConfig) -> ResolvedKeys:
+    """The master-key provider, the public key that checks sealed data, and the bundle signer."""
+    passphrase = passphrase_from_env(config.passphrase_env)
+    paths = KeySetPaths(config.key_dir) if config.key_dir else None
+    provider = provider_for_keydir(config.key_dir, passphrase) if config.key_dir else None
+    public_key = config.public_key or (paths.public_key if paths else None)
+    sign_key = config.sign_key or (paths.signing_key if paths else None)
+    signer = Signer(sign_key, passphrase) if sign_key else None
+    return ResolvedKeys(provider, public_key, signer)
+
+
+def load_sealed(config: TrainConfig, keys: ResolvedKeys, schema: Schema | None) -> TabularData:
+    """Verify the sealed dataset's signature, then decrypt it into memory (never to disk)."""
+    path = Path(config.data)
+    if keys.provider is None:
+        raise ConfigError(f"{config.data!r} is a sealed dataset; give --key KEYDIR to decrypt it.")
+    if keys.public_key is None:
+        raise ConfigError("Give --public-key PUB to verify the sealed dataset's signature.")
+    verify_sealed(path, keys.public_key)
+    digest = signed_manifest_digest(path, SEALED_SIGNATURE)
+    header, table = open_sealed(path, keys=keys.provider)
+    data = from_table(
+        table,
+        label=config.label or header.label,
+        source=str(path),
+        sha256=digest,
         features=config.features,
         schema=schema,
         keep_identifiers=config.keep_identifiers,
     )
+    data.sealed = {
+        "dataset_id": header.dataset_id,
+        "manifest_sha256": digest,
+        "signer": str(header.doc.get("signer")),
+    }
+    return data
+
+
+def load_for(config: TrainConfig, keys: ResolvedKeys | None = None) -> TabularData:
+    schema = Schema.load(config.schema_path) if config.schema_path else None
+    if is_sealed(config.data):
+        data = load_sealed(config, keys or resolve_keys(config), schema)
+    else:
+        data = load_dataset(
+            config.data,
+            label=config.label,
+            features=config.features,
+            schema=schema,
+            keep_identifiers=config.keep_identifiers,
+        )
+    if config.classes is not None:
+        # Declared classes are public; rows whose label is not among them are not trained on.
+        if len(config.classes) < 2:
+            raise ConfigError(f"--classes needs at least two classes. Found {config.classes}.")
+        data.schema = replace(data.schema, classes=list(config.classes))
+    return data
 
 
 def train(
@@ -216,8 +281,16 @@ def train(
     """Run the whole pipeline and write the bundle to ``config.out``."""
     config.validate_choices()
     check_output_dir(config.out)
+    keys = resolve_keys(config)
+    signing = None
+    if keys.signer is not None:
+        signing = {
+            "signer": keys.signer.fingerprint(),
+            "format": "OpenSSF model-signing, ECDSA P-256",
+            "signature_file": SIGNATURE,
+        }
     if data is None:
-        data = load_for(config)
+        data = load_for(config, keys)
     rng = _numpy_rng(config.seed)
     split_seed = config.split_seed or (
         secrets.token_hex(16) if config.seed is None else f"seed-{config.seed}"
@@ -342,6 +415,7 @@ def train(
             n_test=int(round(n_test_noisy)),
             counts=f"Gaussian-noised (noise multiplier {sigma_pre:.4g}, sensitivity 1), rounded",
             sha256=data.sha256,
+            sealed=data.sealed,
             split={
                 "method": "hmac-sha256 per record",
                 "test_fraction": config.test_fraction,
@@ -349,6 +423,7 @@ def train(
             },
         ),
         training=hp.model_dump(),
+        signing=signing,
         metrics=metrics,
         software={
             "securetrain": version("securetrain"),
@@ -356,5 +431,5 @@ def train(
             "dp_accounting": version("dp-accounting"),
         },
     )
-    bundle = write_bundle(config.out, model.state_dict(), card)
+    bundle = write_bundle(config.out, model.state_dict(), card, signer=keys.signer)
     return TrainResult(card=card, model=model, preprocessor=pre, bundle=bundle)

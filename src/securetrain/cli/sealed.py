@@ -1,0 +1,138 @@
+"""``securetrain seal``, ``inspect``, ``verify`` and ``unseal``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow.parquet as pq
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from securetrain.bundle import CARD, SIGNATURE, verify_bundle
+from securetrain.cli.common import console
+from securetrain.crypto import (
+    KeySetPaths,
+    passphrase_from_env,
+    provider_for_keydir,
+    signature_key_hint,
+    signed_manifest_digest,
+)
+from securetrain.data import load_table
+from securetrain.errors import DataError
+from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
+from securetrain.sealed import is_sealed, open_sealed, read_header, seal_table, verify_sealed
+
+KeyOption = Annotated[
+    Path, typer.Option("--key", help="Key set directory (from `securetrain keys new`).")
+]
+PassphraseOption = Annotated[
+    str | None, typer.Option(help="Environment variable holding the key set's passphrase.")
+]
+
+
+def seal_command(
+    data: Annotated[Path, typer.Argument(help="CSV or Parquet file to seal.")],
+    key: KeyOption,
+    out: Annotated[Path, typer.Option(help="Sealed dataset directory to create.")],
+    label: Annotated[str | None, typer.Option(help="Label column, recorded in the header.")] = None,
+    passphrase_env: PassphraseOption = None,
+) -> None:
+    """Encrypt a table (AES-256-GCM chunks, envelope keys) and sign its manifest."""
+    passphrase = passphrase_from_env(passphrase_env)
+    table = load_table(data)
+    paths = KeySetPaths(key)
+    header = seal_table(
+        table,
+        out,
+        keys=provider_for_keydir(key, passphrase),
+        signing_key=paths.signing_key,
+        signing_passphrase=passphrase,
+        label=label,
+        source_name=data.name,
+    )
+    console.print(
+        f"sealed {header.rows} rows in {header.chunks} chunk(s) into {escape(str(out))}\n"
+        f"dataset id {header.dataset_id}, signed by {header.doc['signer']}"
+    )
+
+
+def inspect_command(
+    path: Annotated[Path, typer.Argument(help="Sealed dataset directory.")],
+) -> None:
+    """Show a sealed dataset's header: schema, rows, chunks, signer. Never row contents."""
+    header = read_header(path)
+    doc = header.doc
+    console.print(f"[bold]{escape(str(path))}[/bold]  ({doc['format']})")
+    console.print(f"dataset id:   {header.dataset_id}")
+    console.print(f"rows:         {header.rows}")
+    console.print(f"label:        {escape(str(header.label))}")
+    chunking = doc["chunking"]
+    console.print(f"chunks:       {chunking['chunks']} x up to {chunking['rows_per_chunk']} rows")
+    console.print(
+        f"cipher:       {doc['cipher']} (data key wrapped with {doc['key_wrapping']['cipher']})"
+    )
+    console.print(
+        f"signer:       {doc.get('signer')} (signature hint {signature_key_hint(path, SEALED_SIGNATURE)})"
+    )
+    table = Table("column", "type", "nullable")
+    for col in doc["schema"]:
+        table.add_row(escape(col["name"]), escape(col["type"]), str(col["nullable"]))
+    console.print(table)
+
+
+def verify_command(
+    path: Annotated[Path, typer.Argument(help="Sealed dataset or model bundle directory.")],
+    public_key: Annotated[Path, typer.Option(help="The signer's public key (PEM).")],
+) -> None:
+    """Check a sealed dataset's or a bundle's signature over every file; exit 0 only if all pass."""
+    if is_sealed(path):
+        header = verify_sealed(path, public_key)
+        digest = signed_manifest_digest(path, SEALED_SIGNATURE)
+        console.print(
+            f"[green]verified[/green] sealed dataset {escape(str(path))}: {header.rows} rows, "
+            f"{header.chunks} chunk(s), manifest {digest}"
+        )
+    elif (path / CARD).is_file():
+        card = verify_bundle(path, public_key)
+        digest = signed_manifest_digest(path, SIGNATURE)
+        eps = card.privacy.epsilon
+        console.print(
+            f"[green]verified[/green] model bundle {escape(str(path))}: manifest {digest}, "
+            f"ε = {eps if eps is None else round(eps, 4)}"
+        )
+    else:
+        raise DataError(f"Neither a sealed dataset nor a model bundle: {str(path)!r}.")
+
+
+def unseal_command(
+    path: Annotated[Path, typer.Argument(help="Sealed dataset directory.")],
+    key: KeyOption,
+    out: Annotated[Path, typer.Option(help="Parquet file to write the plaintext to.")],
+    public_key: Annotated[
+        Path | None, typer.Option(help="Signer's public key (default: the key set's own).")
+    ] = None,
+    passphrase_env: PassphraseOption = None,
+) -> None:
+    """Decrypt a sealed dataset to a Parquet file: plaintext on disk, for the data owner only."""
+    if out.exists():
+        raise DataError(
+            f"Output file already exists: {str(out)!r}; choose another --out or remove it."
+        )
+    if not out.resolve().parent.is_dir():
+        raise DataError(f"Output directory does not exist: {str(out.resolve().parent)!r}.")
+    passphrase = passphrase_from_env(passphrase_env)
+    verify_sealed(path, public_key or KeySetPaths(key).public_key)
+    _, table = open_sealed(path, keys=provider_for_keydir(key, passphrase))
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    console.print(f"wrote {table.num_rows} rows to {escape(str(out))} (plaintext)")

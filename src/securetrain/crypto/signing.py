@@ -1,0 +1,85 @@
+"""Signing and verifying directories in the OpenSSF model-signing format (ECDSA P-256 keys).
+
+The signature file sits inside the directory it signs and is excluded from the manifest, so the
+standard ``model_signing`` verifier checks our sealed datasets and bundles as they are.
+Verification never returns a bool: it raises :class:`IntegrityError` on any failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+from securetrain.crypto.keys import check_private_permissions
+from securetrain.errors import DataError, DecryptionError, IntegrityError
+
+os.environ.setdefault("SIGSTORE_NO_TELEMETRY", "1")
+
+
+def _hashing_config(signature_name: str):  # type: ignore[no-untyped-def]
+    from model_signing import hashing
+
+    return hashing.Config().set_ignored_paths(paths=[signature_name], ignore_git_paths=False)
+
+
+def sign_directory(
+    directory: Path, private_key: Path, signature_name: str, *, passphrase: str | None = None
+) -> Path:
+    """Sign every file in ``directory`` (except the signature); write ``directory/signature_name``."""
+    from model_signing import signing
+
+    check_private_permissions(private_key)
+    signature = directory / signature_name
+    try:
+        config = signing.Config().use_elliptic_key_signer(
+            private_key=private_key, password=passphrase.encode() if passphrase else None
+        )
+    except (ValueError, TypeError):
+        raise DecryptionError("could not load the signing key (wrong passphrase?)") from None
+    try:
+        config.set_hashing_config(_hashing_config(signature_name)).sign(directory, signature)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"Could not sign {str(directory)!r}: {exc}") from None
+    return signature
+
+
+def verify_directory(directory: Path, public_key: Path, signature_name: str) -> None:
+    """Check ``directory`` against its signature; :class:`IntegrityError` if anything is off."""
+    from model_signing import verifying
+
+    signature = directory / signature_name
+    if not directory.is_dir():
+        raise DataError(f"Not a directory: {str(directory)!r}.")
+    if not public_key.is_file():
+        raise DataError(f"Public key file not found: {str(public_key)!r}.")
+    if not signature.is_file():
+        raise IntegrityError(f"{str(directory)!r} is not signed (no {signature_name}).")
+    try:
+        verifying.Config().use_elliptic_key_verifier(public_key=public_key).set_hashing_config(
+            _hashing_config(signature_name)
+        ).verify(directory, signature)
+    except Exception:  # any parse, key or digest failure is the same failure to the caller
+        raise IntegrityError(f"signature verification failed for {str(directory)!r}") from None
+
+
+def signed_manifest_digest(directory: Path, signature_name: str) -> str:
+    """The digest of the manifest that the signature covers (the in-toto subject's SHA-256).
+
+    Read it only after :func:`verify_directory` has passed: it names the exact set of files."""
+    try:
+        doc = json.loads((directory / signature_name).read_text(encoding="utf-8"))
+        statement = json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))
+        return "sha256:" + statement["subject"][0]["digest"]["sha256"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        raise IntegrityError(f"signature of {str(directory)!r} is damaged") from None
+
+
+def signature_key_hint(directory: Path, signature_name: str) -> str | None:
+    """The signer's key fingerprint as recorded in an (unverified) signature file."""
+    try:
+        doc = json.loads((directory / signature_name).read_text(encoding="utf-8"))
+        return "sha256:" + str(doc["verificationMaterial"]["publicKey"]["hint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,25 @@
+"""Sealed datasets: envelope-encrypted AES-256-GCM chunks with a signed manifest."""
+
+from securetrain.sealed.container import (
+    FORMAT,
+    HEADER,
+    SIGNATURE,
+    Header,
+    is_sealed,
+    open_sealed,
+    read_header,
+    seal_table,
+    verify_sealed,
+)
+
+__all__ = [
+    "FORMAT",
+    "HEADER",
+    "SIGNATURE",
+    "Header",
+    "is_sealed",
+    "open_sealed",
+    "read_header",
+    "seal_table",
+    "verify_sealed",
+]

@@ -1,0 +1,233 @@
+"""The sealed dataset: a directory of AES-256-GCM chunks, a header, and a signed manifest.
+
+Layout (format ``securetrain.sealed/v1``; see docs/sealed-format.md)::
+
+    D.sealed/
+      header.json          format, dataset id, schema, rows, label, chunking, cipher, wrapped key
+      chunks/00000000.bin  nonce || AES-256-GCM(Arrow IPC stream of the chunk's rows) || tag
+      dataset.sig          OpenSSF model-signing signature over every other file
+
+Envelope encryption: a fresh data key per dataset, wrapped by the master key with associated
+data naming the dataset. Each chunk's associated data binds the SHA-256 of the header bytes
+(hence the dataset id, schema, row and chunk counts), the chunk index and a final-chunk flag, so
+reordering, truncation, duplication, header edits and chunks spliced in from another dataset
+all fail to decrypt. Decryption happens in memory only, and returns nothing unless every chunk
+authenticates.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from securetrain.crypto import aead
+from securetrain.crypto.keys import fingerprint, public_key_of
+from securetrain.crypto.providers import KeyProvider
+from securetrain.crypto.signing import sign_directory, verify_directory
+from securetrain.errors import DataError, DecryptionError, IntegrityError
+
+FORMAT = "securetrain.sealed/v1"
+HEADER = "header.json"
+CHUNKS = "chunks"
+SIGNATURE = "dataset.sig"
+TARGET_CHUNK_BYTES = 4 << 20
+_DEK_AAD = b"securetrain.sealed/v1:data-key:"
+_CHUNK_AAD = b"securetrain.sealed/v1:chunk:"
+
+
+def chunk_name(index: int) -> str:
+    return f"{index:08d}.bin"
+
+
+def chunk_aad(header_digest: bytes, index: int, final: bool) -> bytes:
+    return _CHUNK_AAD + header_digest + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
+
+
+def _ipc_bytes(batch: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_table(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def _schema_bytes(schema: pa.Schema) -> bytes:
+    return schema.serialize().to_pybytes()
+
+
+def is_sealed(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / HEADER).is_file()
+
+
+@dataclass(frozen=True)
+class Header:
+    raw: bytes
+    doc: dict[str, Any]
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+    @property
+    def dataset_id(self) -> str:
+        return str(self.doc["dataset_id"])
+
+    @property
+    def label(self) -> str | None:
+        return self.doc.get("label")
+
+    @property
+    def chunks(self) -> int:
+        return int(self.doc["chunking"]["chunks"])
+
+    @property
+    def rows(self) -> int:
+        return int(self.doc["rows"])
+
+
+def read_header(path: Path) -> Header:
+    if not path.exists():
+        raise DataError(f"Sealed dataset not found: {str(path)!r}.")
+    if not is_sealed(path):
+        raise DataError(f"Not a sealed dataset (no {HEADER}): {str(path)!r}.")
+    raw = (path / HEADER).read_bytes()
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError
+        int(doc["rows"]), int(doc["chunking"]["chunks"]), str(doc["dataset_id"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise IntegrityError(f"header of {str(path)!r} is damaged or not {FORMAT}") from None
+    return Header(raw, doc)
+
+
+def seal_table(
+    table: pa.Table,
+    out: Path,
+    *,
+    keys: KeyProvider,
+    signing_key: Path,
+    signing_passphrase: str | None = None,
+    label: str | None = None,
+    source_name: str | None = None,
+    rows_per_chunk: int | None = None,
+) -> Header:
+    """Encrypt ``table`` into a sealed dataset at ``out`` and sign it; atomic."""
+    if out.exists():
+        raise DataError(
+            f"Output path already exists: {str(out)!r}; choose another --out or remove it."
+        )
+    if not out.resolve().parent.is_dir():
+        raise DataError(f"Output directory's parent does not exist: {str(out.resolve().parent)!r}.")
+    if label is not None and label not in table.column_names:
+        raise DataError(
+            f"No label column {label!r} in the data; columns are: {', '.join(table.column_names)}."
+        )
+    if table.num_rows == 0:
+        raise DataError("The table has no rows.")
+    master = keys.master_key()
+    signer = fingerprint(public_key_of(signing_key, signing_passphrase))
+    if rows_per_chunk is None:
+        per_row = max(1, table.nbytes // max(1, table.num_rows))
+        rows_per_chunk = max(1, TARGET_CHUNK_BYTES // per_row)
+    n_chunks = -(-table.num_rows // rows_per_chunk)
+    dataset_id = uuid.uuid4().hex
+    data_key = aead.new_key()
+    doc = {
+        "format": FORMAT,
+        "dataset_id": dataset_id,
+        "schema": [
+            {"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in table.schema
+        ],
+        "arrow_schema": base64.b64encode(_schema_bytes(table.schema)).decode(),
+        "rows": table.num_rows,
+        "label": label,
+        "source": source_name,
+        "chunking": {
+            "rows_per_chunk": rows_per_chunk,
+            "chunks": n_chunks,
+            "encoding": "arrow-ipc-stream",
+        },
+        "cipher": aead.CIPHER,
+        "key_wrapping": {
+            "cipher": aead.CIPHER,
+            "wrapped_data_key": base64.b64encode(
+                aead.encrypt(master, data_key, _DEK_AAD + dataset_id.encode())
+            ).decode(),
+        },
+        "signer": signer,
+    }
+    raw = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    header = Header(raw, doc)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
+    )
+    try:
+        (tmp / HEADER).write_bytes(raw)
+        (tmp / CHUNKS).mkdir()
+        for i in range(n_chunks):
+            part = table.slice(i * rows_per_chunk, rows_per_chunk)
+            blob = aead.encrypt(
+                data_key, _ipc_bytes(part), chunk_aad(header.digest, i, i == n_chunks - 1)
+            )
+            (tmp / CHUNKS / chunk_name(i)).write_bytes(blob)
+        sign_directory(tmp, signing_key, SIGNATURE, passphrase=signing_passphrase)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return header
+
+
+def verify_sealed(path: Path, public_key: Path) -> Header:
+    """Check the signature over every file; :class:`IntegrityError` on any failure."""
+    header = read_header(path)
+    verify_directory(path, public_key, SIGNATURE)
+    return header
+
+
+def open_sealed(path: Path, *, keys: KeyProvider) -> tuple[Header, pa.Table]:
+    """Decrypt the whole dataset into memory. Wrong master key: :class:`DecryptionError`.
+    Any altered, missing, extra or reordered chunk, or an edited header: :class:`IntegrityError`.
+    """
+    header = read_header(path)
+    master = keys.master_key()
+    try:
+        wrapped = base64.b64decode(header.doc["key_wrapping"]["wrapped_data_key"], validate=True)
+        arrow_schema = pa.ipc.read_schema(
+            pa.py_buffer(base64.b64decode(header.doc["arrow_schema"], validate=True))
+        )
+    except (KeyError, TypeError, ValueError, pa.ArrowException):
+        raise IntegrityError(f"header of {str(path)!r} is damaged") from None
+    data_key = aead.decrypt(master, wrapped, _DEK_AAD + header.dataset_id.encode())
+    expected = [chunk_name(i) for i in range(header.chunks)]
+    chunk_dir = path / CHUNKS
+    present = sorted(p.name for p in chunk_dir.iterdir()) if chunk_dir.is_dir() else []
+    if present != expected:
+        raise IntegrityError(f"chunks of {str(path)!r} do not match its header")
+    batches: list[pa.Table] = []
+    for i, name in enumerate(expected):
+        try:
+            plain = aead.decrypt(
+                data_key,
+                (chunk_dir / name).read_bytes(),
+                chunk_aad(header.digest, i, i == header.chunks - 1),
+            )
+        except DecryptionError:
+            raise IntegrityError(f"chunk {i} of {str(path)!r} failed authentication") from None
+        with pa.ipc.open_stream(pa.py_buffer(plain)) as reader:
+            batches.append(reader.read_all())
+    table = pa.concat_tables(batches) if batches else arrow_schema.empty_table()
+    if table.num_rows != header.rows or not table.schema.equals(arrow_schema, check_metadata=True):
+        raise IntegrityError(f"content of {str(path)!r} does not match its header")
+    return header, table
