@@ -1,4 +1,4 @@
-"""``securetrain demo``: a private model and a non-private baseline on built-in medical data."""
+"""``securetrain demo``: keys, a sealed medical dataset, a private and a baseline model, signatures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from securetrain.bundle import verify_bundle
 from securetrain.cli.common import console, training_progress
+from securetrain.crypto import generate_keyset, provider_for_keydir
+from securetrain.data import load_builtin
+from securetrain.sealed import seal_table, verify_sealed
 from securetrain.train import TrainConfig, TrainResult, train
 
 DEMO_DATA = "builtin:breast-cancer"
@@ -28,44 +32,65 @@ def _row(name: str, result: TrainResult) -> list[str]:
 
 
 def demo_command(
-    workdir: Annotated[Path, typer.Option(help="Where to write the demo's bundles.")] = Path(
-        "securetrain-demo"
-    ),
+    workdir: Annotated[
+        Path, typer.Option(help="Where to write the demo's keys, sealed data and bundles.")
+    ] = Path("securetrain-demo"),
 ) -> None:
-    """Train on breast-cancer at ε=1 and without DP, and compare them."""
+    """Seal breast-cancer data, train on it at ε=1 and without DP, sign and verify everything."""
     run_dir = workdir / time.strftime("run-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
-    split_seed = secrets.token_hex(16)
-    console.print(
-        f"[bold]securetrain demo[/bold]: {DEMO_DATA}, ε = {DEMO_EPSILON}, and a non-private baseline"
+    say = console.print
+    say(f"[bold]securetrain demo[/bold] in {escape(str(run_dir))}")
+
+    keys = generate_keyset(run_dir / "keys")
+    say(f"1. keys: master key and ECDSA P-256 signing pair in {escape(str(keys.root))} (0600)")
+
+    data = load_builtin(DEMO_DATA)
+    table = data.features.append_column(data.label_name, [list(data.labels)])
+    sealed = run_dir / "breast-cancer.sealed"
+    header = seal_table(
+        table,
+        sealed,
+        keys=provider_for_keydir(keys.root),
+        signing_key=keys.signing_key,
+        label=data.label_name,
+        source_name=DEMO_DATA,
+        declared_schema=data.schema.to_json(),
     )
+    say(
+        f"2. sealed {header.rows} patient records: {header.chunks} AES-256-GCM chunk(s), signed manifest"
+    )
+
+    verify_sealed(sealed, keys.public_key)
+    say("3. verified the sealed dataset's signature")
+
+    split_seed = secrets.token_hex(16)
+    common = dict(data=str(sealed), key_dir=keys.root, split_seed=split_seed)
     with training_progress("DP-SGD") as update:
         private = train(
-            TrainConfig(
-                data=DEMO_DATA,
-                out=run_dir / "model-dp",
-                epsilon=DEMO_EPSILON,
-                split_seed=split_seed,
-            ),
-            progress=update,
+            TrainConfig(out=run_dir / "model-dp", epsilon=DEMO_EPSILON, **common), progress=update
         )
     with training_progress("baseline") as update:
         baseline = train(
-            TrainConfig(
-                data=DEMO_DATA, out=run_dir / "model-baseline", no_dp=True, split_seed=split_seed
-            ),
-            progress=update,
+            TrainConfig(out=run_dir / "model-baseline", no_dp=True, **common), progress=update
         )
-    table = Table(title="securetrain demo: same data, same split")
+    say("4. trained from the sealed data, decrypted in memory only")
+
+    verify_bundle(private.bundle, keys.public_key)
+    verify_bundle(baseline.bundle, keys.public_key)
+    say("5. both bundles are signed (OpenSSF model-signing) and verify")
+
+    table_out = Table(title="same sealed data, same split")
     for col in ("model", "ε", "δ", "test AUC", "test accuracy"):
-        table.add_column(col)
-    table.add_row(*_row("DP-SGD (private)", private))
-    table.add_row(*_row("baseline (NOT private)", baseline))
-    console.print(table)
-    console.print(f"private bundle:  {escape(str(private.bundle))}")
-    console.print(f"baseline bundle: {escape(str(baseline.bundle))}")
+        table_out.add_column(col)
+    table_out.add_row(*_row("DP-SGD (private)", private))
+    table_out.add_row(*_row("baseline (NOT private)", baseline))
+    console.print(table_out)
     p = private.card.privacy
-    console.print(
-        f"The private model's card ({escape(str(private.bundle / 'model_card.json'))}) records σ = {p.noise_multiplier:.3f}, "
-        f"q = {p.sample_rate:.4f} and {p.steps} Poisson-sampled steps: recompute ε from privacy.events."
+    say(f"private bundle:  {escape(str(private.bundle))}")
+    say(f"baseline bundle: {escape(str(baseline.bundle))}")
+    say(
+        f"The private model's card records σ = {p.noise_multiplier:.3f}, q = {p.sample_rate:.4f} and "
+        f"{p.steps} Poisson-sampled steps: recompute ε from privacy.events. Check the bundle with\n"
+        f"  securetrain verify {escape(str(private.bundle))} --public-key {escape(str(keys.public_key))}"
     )

@@ -21,7 +21,7 @@ from securetrain.crypto import (
     signature_key_hint,
     signed_manifest_digest,
 )
-from securetrain.data import load_table
+from securetrain.data import Schema, load_table
 from securetrain.errors import DataError
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import is_sealed, open_sealed, read_header, seal_table, verify_sealed
@@ -39,10 +39,17 @@ def seal_command(
     key: KeyOption,
     out: Annotated[Path, typer.Option(help="Sealed dataset directory to create.")],
     label: Annotated[str | None, typer.Option(help="Label column, recorded in the header.")] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file of public bounds/categories/classes, kept in the signed header."
+        ),
+    ] = None,
     passphrase_env: PassphraseOption = None,
 ) -> None:
     """Encrypt a table (AES-256-GCM chunks, envelope keys) and sign its manifest."""
     passphrase = passphrase_from_env(passphrase_env)
+    declared = Schema.load(schema).to_json() if schema else None
     table = load_table(data)
     paths = KeySetPaths(key)
     header = seal_table(
@@ -53,6 +60,7 @@ def seal_command(
         signing_passphrase=passphrase,
         label=label,
         source_name=data.name,
+        declared_schema=declared,
     )
     console.print(
         f"sealed {header.rows} rows in {header.chunks} chunk(s) into {escape(str(out))}\n"

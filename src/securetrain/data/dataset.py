@@ -73,6 +73,19 @@ class Schema:
             raise DataError(f"{origin}: classes must list at least two labels. Found {classes!r}.")
         return cls(bounds, categories, [str(v) for v in classes] if classes else None, transforms)
 
+    def to_json(self) -> dict[str, Any]:
+        columns: dict[str, dict[str, Any]] = {}
+        for name, (lo, hi) in self.bounds.items():
+            columns.setdefault(name, {})["bounds"] = [lo, hi]
+        for name, cats in self.categories.items():
+            columns.setdefault(name, {})["categories"] = list(cats)
+        for name, transform in self.transforms.items():
+            columns.setdefault(name, {})["transform"] = transform
+        out: dict[str, Any] = {"columns": columns}
+        if self.classes is not None:
+            out["classes"] = list(self.classes)
+        return out
+
     @classmethod
     def load(cls, path: str | Path) -> Schema:
         p = Path(path)

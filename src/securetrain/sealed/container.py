@@ -121,8 +121,12 @@ def seal_table(
     label: str | None = None,
     source_name: str | None = None,
     rows_per_chunk: int | None = None,
+    declared_schema: dict[str, Any] | None = None,
 ) -> Header:
-    """Encrypt ``table`` into a sealed dataset at ``out`` and sign it; atomic."""
+    """Encrypt ``table`` into a sealed dataset at ``out`` and sign it; atomic.
+
+    ``declared_schema`` is the data owner's public knowledge about the columns (bounds,
+    categories, classes); it travels in the signed header for training to use."""
     if out.exists():
         raise DataError(
             f"Output path already exists: {str(out)!r}; choose another --out or remove it."
@@ -166,6 +170,7 @@ def seal_table(
             ).decode(),
         },
         "signer": signer,
+        "declared_schema": declared_schema,
     }
     raw = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     header = Header(raw, doc)

@@ -235,6 +235,9 @@ def load_sealed(config: TrainConfig, keys: ResolvedKeys, schema: Schema | None) 
     verify_sealed(path, keys.public_key)
     digest = signed_manifest_digest(path, SEALED_SIGNATURE)
     header, table = open_sealed(path, keys=keys.provider)
+    declared = header.doc.get("declared_schema")
+    if schema is None and declared is not None:
+        schema = Schema.from_json(declared, origin=f"declared schema of {str(path)!r}")
     data = from_table(
         table,
         label=config.label or header.label,
