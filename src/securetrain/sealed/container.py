@@ -212,7 +212,7 @@ def open_sealed(path: Path, *, keys: KeyProvider) -> tuple[Header, pa.Table]:
         arrow_schema = pa.ipc.read_schema(
             pa.py_buffer(base64.b64decode(header.doc["arrow_schema"], validate=True))
         )
-    except (KeyError, TypeError, ValueError, pa.ArrowException):
+    except (KeyError, TypeError, ValueError, OSError, pa.ArrowException):
         raise IntegrityError(f"header of {str(path)!r} is damaged") from None
     data_key = aead.decrypt(master, wrapped, _DEK_AAD + header.dataset_id.encode())
     expected = [chunk_name(i) for i in range(header.chunks)]
