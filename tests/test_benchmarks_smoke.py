@@ -22,3 +22,17 @@ def test_privacy_utility_smoke() -> None:
     assert set(rows) == {"epsilon_1", "no_dp"}
     assert rows["no_dp"]["test_auc"]["mean"] > 0.95
     assert 0.5 < rows["epsilon_1"]["opacus_exact_standardisation_test_auc"]["mean"] <= 1.0
+
+
+def test_sealed_io_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sealed_io.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["io"]["rows"] > 0 and figures["io"]["unseal_decrypt_mb_per_s"] > 0
+    assert figures["training"]["train_from_sealed_s"] > 0
