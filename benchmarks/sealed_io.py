@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from securetrain import TrainConfig, train
 from securetrain.crypto import generate_keyset, provider_for_keydir
 from securetrain.data import load_builtin
-from securetrain.sealed import open_sealed, seal_table, verify_sealed
+from securetrain.sealed import open_sealed, seal_dataset, seal_table, verify_sealed
 
 
 def synthetic_table(target_bytes: int, seed: int = 0) -> pa.Table:
@@ -80,21 +80,13 @@ def training_figures(root: Path, repeats: int, epochs: int) -> dict:
     """Same data, same seed, same settings: from a Parquet file vs from the sealed dataset."""
     keys = generate_keyset(root / "train-keys")
     data = load_builtin("builtin:synthetic-fraud")
-    table = data.features.append_column(data.label_name, [list(data.labels)])
+    table = data.to_table()
     plain = root / "fraud.parquet"
     pq.write_table(table, plain)
     sealed = root / "fraud.sealed"
-    declared = data.schema.to_json()
-    seal_table(
-        table,
-        sealed,
-        keys=provider_for_keydir(keys.root),
-        signing_key=keys.signing_key,
-        label=data.label_name,
-        declared_schema=declared,
-    )
+    seal_dataset(data, sealed, keys=provider_for_keydir(keys.root), signing_key=keys.signing_key)
     schema_file = root / "schema.json"
-    schema_file.write_text(json.dumps(declared))
+    schema_file.write_text(json.dumps(data.schema.to_json()))
     counter = iter(range(10**6))
     common = dict(epsilon=1.0, seed=3, epochs=epochs, key_dir=keys.root)
 

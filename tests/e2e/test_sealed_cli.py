@@ -276,3 +276,67 @@ def test_no_plaintext_on_disk_when_training_from_sealed_data(tmp_path: Path) -> 
         except OSError:
             continue
     assert scanned >= 4  # at least the bundle, the keys and the sealed files were looked at
+
+
+def test_standard_model_signing_verifier_accepts_sealed_data_and_bundles(
+    sealed_csv, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    root, keys, sealed = sealed_csv
+    pub = str(keys / "signing.pub.pem")
+    out = tmp_path / "model"
+    r = run_cli(
+        "train",
+        "--data",
+        str(sealed),
+        "--key",
+        str(keys),
+        "--epsilon",
+        "1",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+    )
+    assert r.returncode == 0, r.stderr
+    for path, sig in ((sealed, "dataset.sig"), (out, "model.sig")):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "model_signing",
+                "verify",
+                "key",
+                str(path),
+                "--signature",
+                str(path / sig),
+                "--public_key",
+                pub,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0 and "Verification succeeded" in done.stdout, (
+            done.stdout + done.stderr
+        )
+
+
+def test_interactive_passphrase_prompt(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    keydir = tmp_path / "k"
+    done = subprocess.run(
+        [sys.executable, "-m", "securetrain", "keys", "new", "--out", str(keydir), "--passphrase"],
+        input="a long passphrase\na long passphrase\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    from securetrain.crypto import PassphraseProvider
+
+    assert len(PassphraseProvider(keydir / "master.key", "a long passphrase").master_key()) == 32

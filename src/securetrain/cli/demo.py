@@ -15,7 +15,7 @@ from securetrain.bundle import verify_bundle
 from securetrain.cli.common import console, training_progress
 from securetrain.crypto import generate_keyset, provider_for_keydir
 from securetrain.data import load_builtin
-from securetrain.sealed import seal_table, verify_sealed
+from securetrain.sealed import seal_dataset, verify_sealed
 from securetrain.train import TrainConfig, TrainResult, train
 
 DEMO_DATA = "builtin:breast-cancer"
@@ -45,17 +45,12 @@ def demo_command(
     keys = generate_keyset(run_dir / "keys")
     say(f"1. keys: master key and ECDSA P-256 signing pair in {escape(str(keys.root))} (0600)")
 
-    data = load_builtin(DEMO_DATA)
-    table = data.features.append_column(data.label_name, [list(data.labels)])
     sealed = run_dir / "breast-cancer.sealed"
-    header = seal_table(
-        table,
+    header = seal_dataset(
+        load_builtin(DEMO_DATA),
         sealed,
         keys=provider_for_keydir(keys.root),
         signing_key=keys.signing_key,
-        label=data.label_name,
-        source_name=DEMO_DATA,
-        declared_schema=data.schema.to_json(),
     )
     say(
         f"2. sealed {header.rows} patient records: {header.chunks} AES-256-GCM chunk(s), signed manifest"

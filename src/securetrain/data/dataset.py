@@ -116,6 +116,10 @@ class TabularData:
     def n_rows(self) -> int:
         return self.features.num_rows
 
+    def to_table(self) -> pa.Table:
+        """Features and the label column as one table."""
+        return self.features.append_column(self.label_name, [list(self.labels)])
+
     def take(self, rows: np.ndarray) -> TabularData:
         return TabularData(
             features=self.features.take(pa.array(rows, type=pa.int64())),

@@ -8,6 +8,7 @@ from securetrain.sealed.container import (
     is_sealed,
     open_sealed,
     read_header,
+    seal_dataset,
     seal_table,
     verify_sealed,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "is_sealed",
     "open_sealed",
     "read_header",
+    "seal_dataset",
     "seal_table",
     "verify_sealed",
 ]

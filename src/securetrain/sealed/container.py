@@ -34,6 +34,7 @@ from securetrain.crypto import aead
 from securetrain.crypto.keys import fingerprint, public_key_of
 from securetrain.crypto.providers import KeyProvider
 from securetrain.crypto.signing import sign_directory, verify_directory
+from securetrain.data.dataset import TabularData
 from securetrain.errors import DataError, DecryptionError, IntegrityError
 
 FORMAT = "securetrain.sealed/v1"
@@ -192,6 +193,27 @@ def seal_table(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return header
+
+
+def seal_dataset(
+    data: TabularData,
+    out: Path,
+    *,
+    keys: KeyProvider,
+    signing_key: Path,
+    passphrase: str | None = None,
+) -> Header:
+    """Seal a labelled dataset with its declared (public) schema in the signed header."""
+    return seal_table(
+        data.to_table(),
+        out,
+        keys=keys,
+        signing_key=signing_key,
+        signing_passphrase=passphrase,
+        label=data.label_name,
+        source_name=data.source,
+        declared_schema=data.schema.to_json(),
+    )
 
 
 def verify_sealed(path: Path, public_key: Path) -> Header:
