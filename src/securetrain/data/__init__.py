@@ -3,8 +3,8 @@
 from securetrain.data.builtin import BUILTINS, PREFIX, load_builtin
 from securetrain.data.dataset import Schema, TabularData, from_table
 from securetrain.data.loading import load_dataset
-from securetrain.data.preprocess import Preprocessor, fit_preprocessor
-from securetrain.data.split import new_split_seed, split_mask, train_test_split
+from securetrain.data.preprocess import Preprocessor, fit_preprocessor, planned_releases
+from securetrain.data.split import split_mask
 from securetrain.data.tables import file_sha256, load_table
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "load_builtin",
     "load_dataset",
     "load_table",
-    "new_split_seed",
+    "planned_releases",
     "split_mask",
-    "train_test_split",
 ]

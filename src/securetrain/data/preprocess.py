@@ -235,6 +235,31 @@ def dp_moments(
     return mean, np.sqrt(var)
 
 
+def _split_kinds(data: TabularData) -> tuple[list[str], list[str]]:
+    """Numeric and categorical feature columns (declared categories make a column categorical)."""
+    numeric, categorical = [], []
+    for name in data.features.column_names:
+        col_type = data.features.schema.field(name).type
+        if name in data.schema.categories or not is_numeric(col_type):
+            categorical.append(name)
+        else:
+            numeric.append(name)
+    return numeric, categorical
+
+
+def planned_releases(data: TabularData) -> int:
+    """How many Gaussian releases :func:`fit_preprocessor` may make on this data (an upper
+    bound: the moments release can be skipped), known before looking at any value."""
+    numeric, categorical = _split_kinds(data)
+    schema = data.schema
+    releases = 2  # counts and moments
+    if any(n not in schema.bounds for n in numeric):
+        releases += 1
+    if schema.classes is None or any(n not in schema.categories for n in categorical):
+        releases += 1
+    return releases
+
+
 def fit_preprocessor(
     train: TabularData,
     *,
@@ -257,14 +282,9 @@ def fit_preprocessor(
     noisy_train = max(noisy_train, 1.0)
     noisy_test = max(noisy_test, 0.0)
 
-    numeric: dict[str, np.ndarray] = {}
-    categorical: dict[str, list[str | None]] = {}
-    for name in train.features.column_names:
-        col = train.features.column(name)
-        if name in schema.categories or not is_numeric(col.type):
-            categorical[name] = _as_strings(col)
-        else:
-            numeric[name] = _as_float(col, name)
+    numeric_names, categorical_names = _split_kinds(train)
+    numeric = {n: _as_float(train.features.column(n), n) for n in numeric_names}
+    categorical = {n: _as_strings(train.features.column(n)) for n in categorical_names}
 
     bounds = {n: schema.bounds[n] for n in numeric if n in schema.bounds}
     undeclared_numeric = {n: x for n, x in numeric.items() if n not in bounds}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import secrets
 
 import numpy as np
 
@@ -20,10 +19,6 @@ from securetrain.data.dataset import TabularData
 from securetrain.errors import ConfigError
 
 TEST_FRACTION = 0.3
-
-
-def new_split_seed() -> str:
-    return secrets.token_hex(16)
 
 
 def split_mask(data: TabularData, *, seed: str, test_fraction: float = TEST_FRACTION) -> np.ndarray:
@@ -39,10 +34,3 @@ def split_mask(data: TabularData, *, seed: str, test_fraction: float = TEST_FRAC
         digest = hmac.new(key, record, hashlib.sha256).digest()
         mask[i] = int.from_bytes(digest[:8], "big") < cut
     return mask
-
-
-def train_test_split(
-    data: TabularData, *, seed: str, test_fraction: float = TEST_FRACTION
-) -> tuple[TabularData, TabularData]:
-    mask = split_mask(data, seed=seed, test_fraction=test_fraction)
-    return data.take(np.flatnonzero(~mask)), data.take(np.flatnonzero(mask))

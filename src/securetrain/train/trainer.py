@@ -25,6 +25,7 @@ from securetrain.data import (
     fit_preprocessor,
     from_table,
     load_dataset,
+    planned_releases,
 )
 from securetrain.data.split import split_mask
 from securetrain.engine import DPOptimizer, make_generator, split_physical
@@ -78,17 +79,10 @@ def _numpy_rng(seed: int | None) -> np.random.Generator:
 
 def _preprocessing_sigma(config: TrainConfig, data: TabularData) -> float:
     """Noise multiplier for preprocessing releases: the share of epsilon spent on them alone."""
-    schema = data.schema
-    releases = 1 + 1  # counts, moments (may be skipped)
-    names = data.features.column_names
-    if any(n not in schema.bounds and n not in schema.categories for n in names):
-        releases += 1
-    if schema.classes is None or any(
-        n not in schema.categories and n not in schema.bounds for n in names
-    ):
-        releases += 1
     target = (config.epsilon or 1.0) * config.preprocessing_share
-    return calibrate_gaussian(target, config.delta or _CALIBRATION_DELTA, count=releases)
+    return calibrate_gaussian(
+        target, config.delta or _CALIBRATION_DELTA, count=planned_releases(data)
+    )
 
 
 def make_optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
