@@ -7,13 +7,16 @@ import sys
 import typer
 from rich.markup import escape
 
-from securetrain.cli.common import err_console
+from securetrain.cli.common import audit, err_console
 from securetrain.cli.demo import demo_command
 from securetrain.cli.keys import keys_app
+from securetrain.cli.ledger import budget_app, log_app
 from securetrain.cli.predict import predict_command
 from securetrain.cli.sealed import inspect_command, seal_command, unseal_command, verify_command
 from securetrain.cli.train import train_command
-from securetrain.errors import SecureTrainError, SecurityError
+from securetrain.errors import BudgetExceeded, SecureTrainError, SecurityError
+from securetrain.store import Store, checkpoint
+from securetrain.store.engine import OPENED
 
 app = typer.Typer(
     name="securetrain",
@@ -23,6 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(budget_app, name="budget")
+app.add_typer(log_app, name="log")
 app.command("seal")(seal_command)
 app.command("inspect")(inspect_command)
 app.command("verify")(verify_command)
@@ -33,18 +38,46 @@ app.command("demo")(demo_command)
 
 EXIT_USER_ERROR = 2
 EXIT_SECURITY_FAILURE = 3
+EXIT_BUDGET_EXCEEDED = 4
+
+
+def _audit_failure(exc: SecurityError) -> None:
+    """Record a failed security check; never let logging hide the failure itself."""
+    try:
+        audit("verification.failed", " ".join(sys.argv[1:3]), {"error": str(exc)})
+    except SecureTrainError:
+        pass
+
+
+def _checkpoint_logs() -> None:
+    for url in sorted(OPENED):
+        try:
+            checkpoint(Store(url))
+        except SecureTrainError:
+            pass
+
+
+def _print_error(exc: Exception) -> None:
+    err_console.print(
+        f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+    )
 
 
 def main() -> None:
     """Entry point: errors become one line on stderr; exit 2 for bad input, 3 for a failed
-    security check (wrong key, tampering, bad signature)."""
+    security check (wrong key, tampering, bad signature), 4 for an exceeded privacy budget."""
     try:
         app(standalone_mode=False)
+    except SecurityError as exc:
+        _audit_failure(exc)
+        _print_error(exc)
+        sys.exit(EXIT_SECURITY_FAILURE)
+    except BudgetExceeded as exc:
+        _print_error(exc)
+        sys.exit(EXIT_BUDGET_EXCEEDED)
     except SecureTrainError as exc:
-        err_console.print(
-            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
-        sys.exit(EXIT_SECURITY_FAILURE if isinstance(exc, SecurityError) else EXIT_USER_ERROR)
+        _print_error(exc)
+        sys.exit(EXIT_USER_ERROR)
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
@@ -55,3 +88,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    finally:
+        _checkpoint_logs()

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from securetrain.store import Store, record
 from securetrain.train import StepInfo
 
 console = Console(soft_wrap=True)
@@ -52,3 +53,10 @@ def training_progress(label: str) -> Iterator[Callable[[StepInfo], None]]:
     finally:
         if task is not None:
             progress.stop()
+
+
+def audit(
+    action: str, obj: str, details: dict[str, object] | None = None, *, store: str | None = None
+) -> None:
+    """Append an entry to the audit log of the given (or default) store."""
+    record(Store(store), action, obj, details)

@@ -14,12 +14,15 @@ from rich.table import Table
 from securetrain.bundle import verify_bundle
 from securetrain.cli.common import console, training_progress
 from securetrain.crypto import generate_keyset, provider_for_keydir
+from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import load_builtin
-from securetrain.sealed import seal_dataset, verify_sealed
+from securetrain.sealed import SIGNATURE, seal_dataset, verify_sealed
+from securetrain.store import Store, ledger
 from securetrain.train import TrainConfig, TrainResult, train
 
 DEMO_DATA = "builtin:breast-cancer"
 DEMO_EPSILON = 1.0
+DEMO_BUDGET = 3.0
 
 
 def _row(name: str, result: TrainResult) -> list[str]:
@@ -58,24 +61,56 @@ def demo_command(
 
     verify_sealed(sealed, keys.public_key)
     say("3. verified the sealed dataset's signature")
+    store = Store()
+    ledger.set_budget(
+        store,
+        dataset_id=header.dataset_id,
+        manifest_digest=signed_manifest_digest(sealed, SIGNATURE),
+        name=sealed.name,
+        epsilon=DEMO_BUDGET,
+        delta=1e-5,
+    )
+    say(
+        f"4. privacy budget of the dataset: ε = {DEMO_BUDGET:g} in the ledger ({escape(store.url)})"
+    )
 
     split_seed = secrets.token_hex(16)
-    common = dict(data=str(sealed), key_dir=keys.root, split_seed=split_seed)
     with training_progress("DP-SGD") as update:
         private = train(
-            TrainConfig(out=run_dir / "model-dp", epsilon=DEMO_EPSILON, **common), progress=update
+            TrainConfig(
+                data=str(sealed),
+                key_dir=keys.root,
+                split_seed=split_seed,
+                out=run_dir / "model-dp",
+                epsilon=DEMO_EPSILON,
+            ),
+            progress=update,
         )
+    say("5. reserved ε in the ledger, then trained from the sealed data, decrypted in memory only")
+    # The baseline is not private, so it cannot be charged to the sealed data's budget: it uses
+    # the same public scikit-learn records, and the same split, in plaintext.
     with training_progress("baseline") as update:
         baseline = train(
-            TrainConfig(out=run_dir / "model-baseline", no_dp=True, **common), progress=update
+            TrainConfig(
+                data=DEMO_DATA,
+                key_dir=keys.root,
+                split_seed=split_seed,
+                out=run_dir / "model-baseline",
+                no_dp=True,
+            ),
+            progress=update,
         )
-    say("4. trained from the sealed data, decrypted in memory only")
 
     verify_bundle(private.bundle, keys.public_key)
     verify_bundle(baseline.bundle, keys.public_key)
-    say("5. both bundles are signed (OpenSSF model-signing) and verify")
+    say("6. both bundles are signed (OpenSSF model-signing) and verify")
+    budget = ledger.status(store, header.dataset_id)
+    say(
+        f"7. budget: spent ε = {budget.spent:.3f} of {budget.epsilon_budget:g}, "
+        f"remaining {budget.remaining:.3f} (PLD composition over runs)"
+    )
 
-    table_out = Table(title="same sealed data, same split")
+    table_out = Table(title="same records, same split")
     for col in ("model", "ε", "δ", "test AUC", "test accuracy"):
         table_out.add_column(col)
     table_out.add_row(*_row("DP-SGD (private)", private))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from securetrain.cli.common import console
+from securetrain.cli.common import audit, console
 from securetrain.crypto import fingerprint, generate_keyset, load_public_key, passphrase_from_env
 from securetrain.errors import UserError
 
@@ -34,6 +34,7 @@ def keys_new(
         raise UserError(f"The passphrase must have at least 8 characters. Found {len(secret)}.")
     paths = generate_keyset(out, secret)
     fp = fingerprint(load_public_key(paths.public_key))
+    audit("keys.created", str(out), {"fingerprint": fp, "passphrase": secret is not None})
     console.print(
         f"master key:   {escape(str(paths.master))} ({'passphrase-wrapped' if secret else 'raw'}, 0600)"
     )

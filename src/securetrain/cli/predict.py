@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from securetrain.cli.common import console, err_console
+from securetrain.cli.common import audit, console, err_console
 from securetrain.train.predict import predict_file
 
 
@@ -30,4 +30,5 @@ def predict_command(
             "[yellow]warning: --allow-unsigned: the bundle's signature is not checked[/yellow]"
         )
     n = predict_file(bundle, data, out, public_key=public_key, allow_unsigned=allow_unsigned)
+    audit("bundle.used_for_prediction", str(bundle), {"verified": not allow_unsigned, "rows": n})
     console.print(f"wrote {n} predictions to {escape(str(out))}")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from securetrain.bundle import CARD, SIGNATURE, verify_bundle
-from securetrain.cli.common import console
+from securetrain.cli.common import audit, console
 from securetrain.crypto import (
     KeySetPaths,
     passphrase_from_env,
@@ -62,6 +62,16 @@ def seal_command(
         source_name=data.name,
         declared_schema=declared,
     )
+    audit(
+        "dataset.sealed",
+        str(out),
+        {
+            "dataset_id": header.dataset_id,
+            "rows": header.rows,
+            "chunks": header.chunks,
+            "signer": header.doc["signer"],
+        },
+    )
     console.print(
         f"sealed {header.rows} rows in {header.chunks} chunk(s) into {escape(str(out))}\n"
         f"dataset id {header.dataset_id}, signed by {header.doc['signer']}"
@@ -100,6 +110,7 @@ def verify_command(
     if is_sealed(path):
         header = verify_sealed(path, public_key)
         digest = signed_manifest_digest(path, SEALED_SIGNATURE)
+        audit("dataset.verified", str(path), {"dataset_id": header.dataset_id, "manifest": digest})
         console.print(
             f"[green]verified[/green] sealed dataset {escape(str(path))}: {header.rows} rows, "
             f"{header.chunks} chunk(s), manifest {digest}"
@@ -107,6 +118,7 @@ def verify_command(
     elif (path / CARD).is_file():
         card = verify_bundle(path, public_key)
         digest = signed_manifest_digest(path, SIGNATURE)
+        audit("bundle.verified", str(path), {"manifest": digest})
         eps = card.privacy.epsilon
         console.print(
             f"[green]verified[/green] model bundle {escape(str(path))}: manifest {digest}, "
@@ -133,7 +145,7 @@ def unseal_command(
     if not out.resolve().parent.is_dir():
         raise DataError(f"Output directory does not exist: {str(out.resolve().parent)!r}.")
     passphrase = passphrase_from_env(passphrase_env)
-    verify_sealed(path, public_key or KeySetPaths(key).public_key)
+    header = verify_sealed(path, public_key or KeySetPaths(key).public_key)
     _, table = open_sealed(path, keys=provider_for_keydir(key, passphrase))
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
     os.close(fd)
@@ -143,4 +155,5 @@ def unseal_command(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    audit("dataset.unsealed", str(path), {"out": str(out), "dataset_id": header.dataset_id})
     console.print(f"wrote {table.num_rows} rows to {escape(str(out))} (plaintext)")

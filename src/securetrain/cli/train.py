@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from securetrain.cli.common import console, err_console, training_progress
+from securetrain.cli.common import audit, console, err_console, training_progress
 from securetrain.train import NO_DP_WARNING, TrainConfig, TrainResult, train
 
 
@@ -85,6 +85,10 @@ def train_command(
         Path | None,
         typer.Option(help="Public key that signed the sealed data (default: the key set's)."),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Ledger database URL (default: SQLite under SECURETRAIN_HOME)."),
+    ] = None,
     sign_key: Annotated[
         Path | None, typer.Option(help="Sign the bundle with this key instead of the key set's.")
     ] = None,
@@ -112,6 +116,7 @@ def train_command(
         passphrase_env=passphrase_env,
         public_key=public_key,
         sign_key=sign_key,
+        store=store,
     )
     config.validate_choices()
     if no_dp:
@@ -127,6 +132,16 @@ def train_command(
             f"[yellow]warning: dropped identifier-like column {escape(repr(name))} "
             "(use --keep-identifiers)[/yellow]"
         )
+    audit(
+        "run.bundle_written",
+        str(result.bundle),
+        {
+            "run_id": result.run_id,
+            "signed_by": (result.card.signing or {}).get("signer"),
+            "epsilon": result.card.privacy.epsilon,
+        },
+        store=store,
+    )
     if result.card.signing is None:
         err_console.print(
             "[yellow]warning: the bundle is not signed (give --key or --sign-key)[/yellow]"

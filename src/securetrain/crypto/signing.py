@@ -83,3 +83,34 @@ def signature_key_hint(directory: Path, signature_name: str) -> str | None:
         return "sha256:" + str(doc["verificationMaterial"]["publicKey"]["hint"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def sign_bytes(private_key: Path, data: bytes, *, passphrase: str | None = None) -> bytes:
+    """ECDSA P-256 / SHA-256 signature over ``data`` (DER)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    check_private_permissions(private_key)
+    try:
+        key = serialization.load_pem_private_key(
+            private_key.read_bytes(), password=passphrase.encode() if passphrase else None
+        )
+    except (ValueError, TypeError):
+        raise DecryptionError("could not load the signing key (wrong passphrase?)") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise DataError(f"Signing key {str(private_key)!r} is not an ECDSA key.")
+    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def verify_bytes(public_key: Path, data: bytes, signature: bytes) -> None:
+    """Check an ECDSA P-256 / SHA-256 signature; :class:`IntegrityError` if it does not verify."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from securetrain.crypto.keys import load_public_key
+
+    try:
+        load_public_key(public_key).verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise IntegrityError("signature verification failed") from None

@@ -247,16 +247,16 @@ def _split_kinds(data: TabularData) -> tuple[list[str], list[str]]:
     return numeric, categorical
 
 
-def planned_releases(data: TabularData) -> int:
-    """How many Gaussian releases :func:`fit_preprocessor` may make on this data (an upper
-    bound: the moments release can be skipped), known before looking at any value."""
+def planned_releases(data: TabularData) -> list[str]:
+    """The Gaussian releases :func:`fit_preprocessor` may make on this data (an upper bound:
+    the moments release can be skipped), known from the schema alone, before any value."""
     numeric, categorical = _split_kinds(data)
     schema = data.schema
-    releases = 2  # counts and moments
+    releases = ["counts", "moments"]
     if any(n not in schema.bounds for n in numeric):
-        releases += 1
+        releases.append("numeric_bounds")
     if schema.classes is None or any(n not in schema.categories for n in categorical):
-        releases += 1
+        releases.append("category_selection")
     return releases
 
 

@@ -38,6 +38,7 @@ class TrainConfig(BaseModel):
     classes: list[str] | None = None
     seed: int | None = None
     split_seed: str | None = None
+    store: str | None = None
     key_dir: Path | None = None
     passphrase_env: str | None = None
     public_key: Path | None = None

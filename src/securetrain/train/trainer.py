@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import secrets
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 from torch import nn
@@ -30,17 +32,20 @@ from securetrain.data import (
 from securetrain.data.split import split_mask
 from securetrain.engine import DPOptimizer, make_generator, split_physical
 from securetrain.engine.sampling import PoissonBatchSampler
-from securetrain.errors import ConfigError, DataError
+from securetrain.errors import ConfigError, DataError, IntegrityError
 from securetrain.privacy import (
+    Event,
     GaussianEvent,
     PoissonGaussianEvent,
     calibrate_gaussian,
     calibrate_noise,
     compute_epsilon,
+    events_from_json,
     events_to_json,
 )
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
-from securetrain.sealed import is_sealed, open_sealed, verify_sealed
+from securetrain.sealed import Header, is_sealed, open_sealed, verify_sealed
+from securetrain.store import Store, ledger
 from securetrain.train.config import (
     Hyperparameters,
     TrainConfig,
@@ -68,6 +73,7 @@ class TrainResult:
     model: nn.Module
     preprocessor: Preprocessor
     bundle: Path
+    run_id: str | None = None
 
 
 ProgressCallback = Callable[[StepInfo], None]
@@ -81,7 +87,7 @@ def _preprocessing_sigma(config: TrainConfig, data: TabularData) -> float:
     """Noise multiplier for preprocessing releases: the share of epsilon spent on them alone."""
     target = (config.epsilon or 1.0) * config.preprocessing_share
     return calibrate_gaussian(
-        target, config.delta or _CALIBRATION_DELTA, count=planned_releases(data)
+        target, config.delta or _CALIBRATION_DELTA, count=len(planned_releases(data))
     )
 
 
@@ -219,48 +225,16 @@ def resolve_keys(config: TrainConfig) -> ResolvedKeys:
     return ResolvedKeys(provider, public_key, signer)
 
 
-def load_sealed(config: TrainConfig, keys: ResolvedKeys, schema: Schema | None) -> TabularData:
-    """Verify the sealed dataset's signature, then decrypt it into memory (never to disk)."""
-    path = Path(config.data)
-    if keys.provider is None:
-        raise ConfigError(f"{config.data!r} is a sealed dataset; give --key KEYDIR to decrypt it.")
-    if keys.public_key is None:
-        raise ConfigError("Give --public-key PUB to verify the sealed dataset's signature.")
-    verify_sealed(path, keys.public_key)
-    digest = signed_manifest_digest(path, SEALED_SIGNATURE)
-    header, table = open_sealed(path, keys=keys.provider)
+def _declared_schema(config: TrainConfig, header: Header) -> Schema | None:
+    if config.schema_path:
+        return Schema.load(config.schema_path)
     declared = header.doc.get("declared_schema")
-    if schema is None and declared is not None:
-        schema = Schema.from_json(declared, origin=f"declared schema of {str(path)!r}")
-    data = from_table(
-        table,
-        label=config.label or header.label,
-        source=str(path),
-        sha256=digest,
-        features=config.features,
-        schema=schema,
-        keep_identifiers=config.keep_identifiers,
-    )
-    data.sealed = {
-        "dataset_id": header.dataset_id,
-        "manifest_sha256": digest,
-        "signer": str(header.doc.get("signer")),
-    }
-    return data
+    if declared is None:
+        return None
+    return Schema.from_json(declared, origin=f"declared schema of {config.data!r}")
 
 
-def load_for(config: TrainConfig, keys: ResolvedKeys | None = None) -> TabularData:
-    schema = Schema.load(config.schema_path) if config.schema_path else None
-    if is_sealed(config.data):
-        data = load_sealed(config, keys or resolve_keys(config), schema)
-    else:
-        data = load_dataset(
-            config.data,
-            label=config.label,
-            features=config.features,
-            schema=schema,
-            keep_identifiers=config.keep_identifiers,
-        )
+def _apply_classes(config: TrainConfig, data: TabularData) -> TabularData:
     if config.classes is not None:
         # Declared classes are public; rows whose label is not among them are not trained on.
         if len(config.classes) < 2:
@@ -269,16 +243,168 @@ def load_for(config: TrainConfig, keys: ResolvedKeys | None = None) -> TabularDa
     return data
 
 
+def verified_header(config: TrainConfig, keys: ResolvedKeys) -> Header:
+    """Check that the keys are there and the sealed dataset's signature holds; no decryption."""
+    if keys.provider is None:
+        raise ConfigError(f"{config.data!r} is a sealed dataset; give --key KEYDIR to decrypt it.")
+    if keys.public_key is None:
+        raise ConfigError("Give --public-key PUB to verify the sealed dataset's signature.")
+    return verify_sealed(Path(config.data), keys.public_key)
+
+
+def open_verified(config: TrainConfig, keys: ResolvedKeys, header: Header) -> TabularData:
+    """Decrypt a verified sealed dataset into memory (never to disk)."""
+    path = Path(config.data)
+    assert keys.provider is not None
+    digest = signed_manifest_digest(path, SEALED_SIGNATURE)
+    opened, table = open_sealed(path, keys=keys.provider)
+    if opened.raw != header.raw:
+        raise IntegrityError(f"{config.data!r} changed after it was verified")
+    data = from_table(
+        table,
+        label=config.label or header.label,
+        source=str(path),
+        sha256=digest,
+        features=config.features,
+        schema=_declared_schema(config, header),
+        keep_identifiers=config.keep_identifiers,
+    )
+    data.sealed = {
+        "dataset_id": header.dataset_id,
+        "manifest_sha256": digest,
+        "signer": str(header.doc.get("signer")),
+    }
+    return _apply_classes(config, data)
+
+
+def load_for(config: TrainConfig) -> TabularData:
+    """A plaintext table or built-in dataset (sealed data goes through the ledger in train())."""
+    schema = Schema.load(config.schema_path) if config.schema_path else None
+    data = load_dataset(
+        config.data,
+        label=config.label,
+        features=config.features,
+        schema=schema,
+        keep_identifiers=config.keep_identifiers,
+    )
+    return _apply_classes(config, data)
+
+
+def plan_privacy(config: TrainConfig, header: Header) -> tuple[list[Event], float, float]:
+    """The events a run will spend, planned from the sealed header alone (no decryption).
+
+    The run itself recomputes them from its noisy count; both are calibrated to the same target
+    epsilon, and the ledger replaces the plan with the events that ran when the run completes.
+    """
+    assert config.epsilon is not None
+    schema_only = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(header.doc["arrow_schema"])))
+    like = from_table(
+        schema_only.empty_table(),
+        label=config.label or header.label,
+        source=config.data,
+        sha256="",
+        features=config.features,
+        schema=_declared_schema(config, header),
+        keep_identifiers=True,
+    )
+    like = _apply_classes(config, like)
+    n_plan = max(1.0, header.rows * (1 - config.test_fraction))
+    releases = planned_releases(like)
+    sigma_pre = _preprocessing_sigma(config, like)
+    hp = choose_hyperparameters(config, n_noisy=n_plan, image=False)
+    delta = config.delta if config.delta is not None else default_delta(n_plan)[0]
+    selection_delta = (
+        (config.delta or _CALIBRATION_DELTA) / 10 if "category_selection" in releases else 0.0
+    )
+    sample_rate = min(1.0, hp.batch_size / n_plan)
+    steps = max(1, math.ceil(hp.epochs / sample_rate))
+    fixed = [GaussianEvent(sigma_pre, len(releases))]
+    sigma = calibrate_noise(
+        config.epsilon,
+        delta - selection_delta,
+        sample_rate,
+        steps,
+        fixed_events=fixed,
+        accountant=config.accountant,
+    )
+    return (
+        [*fixed, PoissonGaussianEvent(sample_rate, sigma, steps)],
+        config.epsilon,
+        selection_delta,
+    )
+
+
+def _train_sealed(
+    config: TrainConfig, keys: ResolvedKeys, progress: ProgressCallback | None
+) -> TrainResult:
+    """Verify, reserve the planned privacy loss in the ledger, and only then decrypt and train."""
+    if config.no_dp:
+        raise ConfigError(
+            "--no-dp cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
+        )
+    header = verified_header(config, keys)
+    events, epsilon, selection_delta = plan_privacy(config, header)
+    store = Store(config.store)
+    name = Path(config.data).name
+    run_id = ledger.reserve(
+        store,
+        dataset_id=header.dataset_id,
+        manifest_digest=signed_manifest_digest(Path(config.data), SEALED_SIGNATURE),
+        name=name,
+        events=events,
+        epsilon=epsilon,
+        delta_partition_selection=selection_delta,
+        parameters=config.model_dump(mode="json", exclude={"passphrase_env"}),
+    )
+    decrypted = False
+    try:
+        data = open_verified(config, keys, header)
+        decrypted = True
+        ledger.transition(store, run_id, "running")
+        result = _train_loaded(config, data, keys, progress)
+    except BaseException as exc:
+        ledger.transition(
+            store,
+            run_id,
+            "failed" if decrypted else "released",
+            details={"error": type(exc).__name__},
+        )
+        raise
+    p = result.card.privacy
+    ledger.transition(
+        store,
+        run_id,
+        "completed",
+        events=events_from_json(p.events),
+        epsilon=p.epsilon,
+        delta_partition_selection=p.delta_partition_selection,
+        details={"bundle": str(result.bundle), "epsilon": p.epsilon},
+    )
+    result.run_id = run_id
+    return result
+
+
 def train(
     config: TrainConfig,
     *,
     data: TabularData | None = None,
     progress: ProgressCallback | None = None,
 ) -> TrainResult:
-    """Run the whole pipeline and write the bundle to ``config.out``."""
+    """Run the whole pipeline and write the bundle to ``config.out``.
+
+    A sealed dataset is verified, its planned privacy loss reserved in the ledger, and only
+    then decrypted (into memory); other data is loaded directly."""
     config.validate_choices()
     check_output_dir(config.out)
     keys = resolve_keys(config)
+    if data is None and is_sealed(config.data):
+        return _train_sealed(config, keys, progress)
+    return _train_loaded(config, data if data is not None else load_for(config), keys, progress)
+
+
+def _train_loaded(
+    config: TrainConfig, data: TabularData, keys: ResolvedKeys, progress: ProgressCallback | None
+) -> TrainResult:
     signing = None
     if keys.signer is not None:
         signing = {
@@ -286,8 +412,6 @@ def train(
             "format": "OpenSSF model-signing, ECDSA P-256",
             "signature_file": SIGNATURE,
         }
-    if data is None:
-        data = load_for(config, keys)
     rng = _numpy_rng(config.seed)
     split_seed = config.split_seed or (
         secrets.token_hex(16) if config.seed is None else f"seed-{config.seed}"

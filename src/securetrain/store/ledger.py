@@ -1,0 +1,289 @@
+"""The privacy budget ledger: per-dataset budgets, reservations before data is touched, and
+the total privacy loss of all runs, composed with PLD (tighter than adding the epsilons).
+
+A reservation happens inside one database transaction that locks the dataset's row (on SQLite
+the whole database): read every charge, compose them with the new run's planned events, refuse
+with :class:`BudgetExceeded` if the total would pass the budget, else insert. A crashed run keeps
+its charge; a finished run's charge is replaced by the events that actually ran.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from securetrain.errors import BudgetExceeded, ConfigError, DataError
+from securetrain.privacy import (
+    Event,
+    check_delta,
+    check_epsilon,
+    compute_epsilon,
+    events_from_json,
+    events_to_json,
+)
+from securetrain.store.audit import append, current_actor, now, record
+from securetrain.store.engine import Store
+from securetrain.store.schema import datasets, privacy_charges, runs
+
+DEFAULT_BUDGET_EPSILON = 3.0
+DEFAULT_BUDGET_DELTA = 1e-5
+STATES = ("reserved", "running", "completed", "failed", "released")
+
+
+@dataclass(frozen=True)
+class RunCharge:
+    run_id: str
+    state: str
+    epsilon: float
+    events: list[Event]
+    delta_partition_selection: float
+    basis: str
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    dataset_id: str
+    name: str
+    epsilon_budget: float
+    delta: float
+    budget_source: str
+    spent: float
+    reserved: float
+    remaining: float
+    sum_of_epsilons: float
+    runs: list[RunCharge]
+
+
+def _charges(conn: Connection, dataset_id: str) -> list[RunCharge]:
+    rows = conn.execute(
+        select(privacy_charges, runs.c.state)
+        .join(runs, runs.c.id == privacy_charges.c.run_id)
+        .where(privacy_charges.c.dataset_id == dataset_id)
+        .order_by(runs.c.created_at)
+    ).all()
+    return [
+        RunCharge(
+            r.run_id, r.state, r.epsilon, events_from_json(json.loads(r.events)), r.delta, r.basis
+        )
+        for r in rows
+    ]
+
+
+def composed(charges: list[RunCharge], delta: float) -> float:
+    """PLD composition of the charges' events at ``delta`` less their partition-selection deltas."""
+    events = [e for c in charges for e in c.events]
+    remaining_delta = delta - sum(c.delta_partition_selection for c in charges)
+    if not events:
+        return 0.0
+    if remaining_delta <= 0:
+        return math.inf
+    return compute_epsilon(events, delta=remaining_delta)
+
+
+def set_budget(
+    store: Store,
+    *,
+    dataset_id: str,
+    manifest_digest: str,
+    name: str,
+    epsilon: float,
+    delta: float,
+    source: str = "set",
+) -> None:
+    check_epsilon(epsilon)
+    check_delta(delta)
+    with store.transaction() as conn:
+        store.lock_dataset(conn, dataset_id)
+        existing = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).first()
+        values = dict(
+            manifest_digest=manifest_digest,
+            name=name,
+            epsilon_budget=epsilon,
+            delta=delta,
+            budget_source=source,
+        )
+        if existing is None:
+            conn.execute(
+                insert(datasets).values(
+                    id=dataset_id, owner=current_actor(), created_at=now(), **values
+                )
+            )
+            action = "budget.set"
+        else:
+            conn.execute(update(datasets).where(datasets.c.id == dataset_id).values(**values))
+            action = "budget.changed"
+        append(
+            store,
+            conn,
+            action,
+            name,
+            {
+                "dataset_id": dataset_id,
+                "epsilon": epsilon,
+                "delta": delta,
+                "source": source,
+                "previous": None
+                if existing is None
+                else {"epsilon": existing.epsilon_budget, "delta": existing.delta},
+            },
+        )
+
+
+def status(store: Store, dataset_id: str) -> BudgetStatus:
+    with store.engine.connect() as conn:
+        ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).first()
+        if ds is None:
+            raise DataError(
+                f"No budget is set for dataset {dataset_id}; run: securetrain budget set D.sealed --epsilon E"
+            )
+        charges = _charges(conn, dataset_id)
+    done = [c for c in charges if c.state == "completed"]
+    total = composed(charges, ds.delta)
+    return BudgetStatus(
+        dataset_id=dataset_id,
+        name=ds.name,
+        epsilon_budget=ds.epsilon_budget,
+        delta=ds.delta,
+        budget_source=ds.budget_source,
+        spent=composed(done, ds.delta),
+        reserved=total,
+        remaining=max(0.0, ds.epsilon_budget - total),
+        sum_of_epsilons=sum(c.epsilon for c in charges),
+        runs=charges,
+    )
+
+
+def reserve(
+    store: Store,
+    *,
+    dataset_id: str,
+    manifest_digest: str,
+    name: str,
+    events: list[Event],
+    epsilon: float,
+    delta_partition_selection: float,
+    parameters: dict[str, Any],
+) -> str:
+    """Reserve a run's planned privacy loss; :class:`BudgetExceeded` if it does not fit."""
+    run_id = uuid.uuid4().hex
+    refusal: str | None = None
+    with store.transaction() as conn:
+        store.lock_dataset(conn, dataset_id)
+        ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).first()
+        if ds is None:
+            conn.execute(
+                insert(datasets).values(
+                    id=dataset_id,
+                    manifest_digest=manifest_digest,
+                    name=name,
+                    owner=current_actor(),
+                    epsilon_budget=DEFAULT_BUDGET_EPSILON,
+                    delta=DEFAULT_BUDGET_DELTA,
+                    budget_source="default",
+                    created_at=now(),
+                )
+            )
+            append(
+                store,
+                conn,
+                "budget.default",
+                name,
+                {
+                    "dataset_id": dataset_id,
+                    "epsilon": DEFAULT_BUDGET_EPSILON,
+                    "delta": DEFAULT_BUDGET_DELTA,
+                },
+            )
+            ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one()
+        before = _charges(conn, dataset_id)
+        planned = RunCharge(
+            run_id, "reserved", epsilon, events, delta_partition_selection, "planned"
+        )
+        spent = composed(before, ds.delta)
+        total = composed([*before, planned], ds.delta)
+        if total > ds.epsilon_budget:
+            refusal = (
+                f"Privacy budget of {name} exceeded: spent or reserved ε = {spent:.4f} of "
+                f"{ds.epsilon_budget:g} (δ = {ds.delta:g}), remaining {max(0.0, ds.epsilon_budget - spent):.4f}; "
+                f"this run requests ε = {epsilon:g}, which would bring the total to {total:.4f}."
+            )
+        else:
+            ts = now()
+            conn.execute(
+                insert(runs).values(
+                    id=run_id,
+                    dataset_id=dataset_id,
+                    state="reserved",
+                    actor=current_actor(),
+                    parameters=json.dumps(parameters),
+                    created_at=ts,
+                    updated_at=ts,
+                )
+            )
+            conn.execute(
+                insert(privacy_charges).values(
+                    run_id=run_id,
+                    dataset_id=dataset_id,
+                    events=json.dumps(events_to_json(events)),
+                    epsilon=epsilon,
+                    delta=delta_partition_selection,
+                    basis="planned",
+                )
+            )
+            append(
+                store,
+                conn,
+                "run.reserved",
+                name,
+                {
+                    "run_id": run_id,
+                    "dataset_id": dataset_id,
+                    "epsilon": epsilon,
+                    "total_after": total,
+                },
+            )
+    if refusal is not None:
+        record(store, "run.refused", name, {"dataset_id": dataset_id, "requested_epsilon": epsilon})
+        raise BudgetExceeded(refusal)
+    return run_id
+
+
+def transition(
+    store: Store,
+    run_id: str,
+    state: str,
+    *,
+    events: list[Event] | None = None,
+    epsilon: float | None = None,
+    delta_partition_selection: float | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Move a run to ``state``. ``released`` drops its charge (allowed only before any data was
+    decrypted); ``completed`` replaces the planned events with those that ran."""
+    if state not in STATES:
+        raise ConfigError(f"Run state must be one of {', '.join(STATES)}. Found {state!r}.")
+    with store.transaction() as conn:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise DataError(f"No run {run_id!r} in the store.")
+        store.lock_dataset(conn, row.dataset_id)
+        conn.execute(update(runs).where(runs.c.id == run_id).values(state=state, updated_at=now()))
+        if state == "released":
+            conn.execute(delete(privacy_charges).where(privacy_charges.c.run_id == run_id))
+        elif events is not None:
+            conn.execute(
+                update(privacy_charges)
+                .where(privacy_charges.c.run_id == run_id)
+                .values(
+                    events=json.dumps(events_to_json(events)),
+                    epsilon=epsilon,
+                    delta=delta_partition_selection,
+                    basis="actual",
+                )
+            )
+        append(store, conn, f"run.{state}", row.dataset_id, {"run_id": run_id, **(details or {})})
