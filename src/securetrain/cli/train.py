@@ -16,6 +16,12 @@ def _features(value: str | None) -> list[str] | None:
     return [f.strip() for f in value.split(",") if f.strip()] if value else None
 
 
+def _announce_run(run_id: str) -> None:
+    err_console.print(
+        f"run {run_id}: privacy loss reserved in the ledger (resume with --resume {run_id})"
+    )
+
+
 def print_summary(result: TrainResult) -> None:
     card = result.card
     p = card.privacy
@@ -35,10 +41,12 @@ def print_summary(result: TrainResult) -> None:
 
 
 def train_command(
-    data: Annotated[str, typer.Option(help="builtin:NAME or a CSV/Parquet file.")],
+    data: Annotated[
+        str, typer.Option(help="builtin:NAME, a CSV/Parquet file, or a sealed dataset directory.")
+    ] = "",
     out: Annotated[
-        Path, typer.Option(help="Directory to write the model bundle to (must not exist).")
-    ],
+        Path | None, typer.Option(help="Directory to write the model bundle to (must not exist).")
+    ] = None,
     epsilon: Annotated[
         float | None, typer.Option(help="Privacy budget ε for the whole run.")
     ] = None,
@@ -85,6 +93,12 @@ def train_command(
         Path | None,
         typer.Option(help="Public key that signed the sealed data (default: the key set's)."),
     ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Write an encrypted checkpoint every N steps (sealed data).")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue a crashed run (its id) from its last checkpoint.")
+    ] = None,
     store: Annotated[
         str | None,
         typer.Option(help="Ledger database URL (default: SQLite under SECURETRAIN_HOME)."),
@@ -117,8 +131,11 @@ def train_command(
         public_key=public_key,
         sign_key=sign_key,
         store=store,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )
-    config.validate_choices()
+    if resume is None:
+        config.validate_choices()
     if no_dp:
         err_console.print(f"[bold red]WARNING: {NO_DP_WARNING}[/bold red]")
     if seed is not None:
@@ -126,7 +143,7 @@ def train_command(
             "[yellow]warning: --seed makes noise predictable (secure_rng=false on the card)[/yellow]"
         )
     with training_progress("baseline" if no_dp else "DP-SGD") as update:
-        result = train(config, progress=update)
+        result = train(config, progress=update, on_run=_announce_run)
     for name in result.preprocessor.dropped_identifier_columns:
         err_console.print(
             f"[yellow]warning: dropped identifier-like column {escape(repr(name))} "

@@ -253,6 +253,22 @@ def reserve(
     return run_id
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    dataset_id: str
+    state: str
+    parameters: dict[str, Any]
+
+
+def get_run(store: Store, run_id: str) -> RunRecord:
+    with store.engine.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+    if row is None:
+        raise DataError(f"No run {run_id!r} in the store {store.url!r}.")
+    return RunRecord(row.id, row.dataset_id, row.state, json.loads(row.parameters))
+
+
 def transition(
     store: Store,
     run_id: str,

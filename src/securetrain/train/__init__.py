@@ -2,7 +2,8 @@
 
 from securetrain.train.config import TrainConfig
 from securetrain.train.models import MODELS, build_model
-from securetrain.train.trainer import NO_DP_WARNING, StepInfo, TrainResult, evaluate, train
+from securetrain.train.run import train
+from securetrain.train.trainer import NO_DP_WARNING, StepInfo, TrainResult, evaluate
 
 __all__ = [
     "MODELS",

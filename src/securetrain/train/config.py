@@ -18,8 +18,8 @@ class TrainConfig(BaseModel):
     """Everything a training run needs. ``None`` means "choose a good default for this data"."""
 
     model_config = ConfigDict(extra="forbid")
-    data: str
-    out: Path
+    data: str = ""
+    out: Path | None = None
     label: str | None = None
     features: list[str] | None = None
     schema_path: Path | None = None
@@ -44,8 +44,20 @@ class TrainConfig(BaseModel):
     public_key: Path | None = None
     sign_key: Path | None = None
     max_physical_batch_size: int = 512
+    checkpoint_every: int | None = None
+    resume: str | None = None
 
     def validate_choices(self) -> None:
+        if not self.data:
+            raise ConfigError(
+                "Name the data to train on with --data (builtin:NAME, a file, or D.sealed)."
+            )
+        if self.out is None:
+            raise ConfigError("Name the bundle directory to write with --out.")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(
+                f"Checkpoint interval must be at least 1 step. Found {self.checkpoint_every}."
+            )
         if self.no_dp:
             if self.epsilon is not None:
                 raise ConfigError("--no-dp trains without privacy; do not also give --epsilon.")

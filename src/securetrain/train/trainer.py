@@ -2,40 +2,36 @@
 
 from __future__ import annotations
 
-import base64
 import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
+from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import accuracy_score, roc_auc_score
 from torch import nn
 
-from securetrain.bundle import SIGNATURE, ModelCard, Signer, check_output_dir, write_bundle
-from securetrain.bundle.card import DataSection, ModelSection, PrivacySection
+from securetrain.bundle import SIGNATURE, ModelCard, Signer, write_bundle
+from securetrain.bundle.card import Architecture, DataSection, ModelSection, PrivacySection
 from securetrain.crypto import KeyProvider, KeySetPaths, passphrase_from_env, provider_for_keydir
-from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import (
     Preprocessor,
     Schema,
     TabularData,
     fit_preprocessor,
-    from_table,
     load_dataset,
     planned_releases,
 )
 from securetrain.data.split import split_mask
 from securetrain.engine import DPOptimizer, make_generator, split_physical
 from securetrain.engine.sampling import PoissonBatchSampler
-from securetrain.errors import ConfigError, DataError, IntegrityError
+from securetrain.errors import ConfigError, DataError
 from securetrain.privacy import (
-    Event,
-    GaussianEvent,
     PoissonGaussianEvent,
     calibrate_gaussian,
     calibrate_noise,
@@ -43,9 +39,7 @@ from securetrain.privacy import (
     events_from_json,
     events_to_json,
 )
-from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
-from securetrain.sealed import Header, is_sealed, open_sealed, verify_sealed
-from securetrain.store import Store, ledger
+from securetrain.train.checkpoint import TrainingState
 from securetrain.train.config import (
     Hyperparameters,
     TrainConfig,
@@ -56,7 +50,7 @@ from securetrain.train.models import architecture_for, build_model
 
 NO_DP_WARNING = "Trained WITHOUT differential privacy (--no-dp): a baseline only; do not release."
 # Preprocessing noise is calibrated at this delta; the final epsilon is computed at the run's delta.
-_CALIBRATION_DELTA = 1e-5
+CALIBRATION_DELTA = 1e-5
 
 
 @dataclass
@@ -83,11 +77,11 @@ def _numpy_rng(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(secrets.randbits(128) if seed is None else seed)
 
 
-def _preprocessing_sigma(config: TrainConfig, data: TabularData) -> float:
+def preprocessing_sigma(config: TrainConfig, data: TabularData) -> float:
     """Noise multiplier for preprocessing releases: the share of epsilon spent on them alone."""
     target = (config.epsilon or 1.0) * config.preprocessing_share
     return calibrate_gaussian(
-        target, config.delta or _CALIBRATION_DELTA, count=len(planned_releases(data))
+        target, config.delta or CALIBRATION_DELTA, count=len(planned_releases(data))
     )
 
 
@@ -121,44 +115,89 @@ def evaluate(
     return metrics
 
 
+class DPPlan(BaseModel):
+    """The DP-SGD mechanism, fixed before training starts."""
+
+    model_config = ConfigDict(extra="forbid")
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+    expected_batch_size: float
+    accounting_delta: float
+
+
+class RunPlan(BaseModel):
+    """Everything decided before the first training step (what a checkpoint must restore)."""
+
+    model_config = ConfigDict(extra="forbid")
+    split_seed: str
+    preprocessor: Preprocessor
+    pre_events: list[dict[str, Any]]
+    sigma_pre: float
+    n_train_noisy: float
+    n_test_noisy: float
+    hp: Hyperparameters
+    arch: Architecture
+    delta: float | None
+    delta_rule: str | None
+    dp: DPPlan | None
+
+
+@dataclass
+class Encoded:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+CheckpointCallback = Callable[["RunPlan", TrainingState], None]
+
+
 def _train_dp(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    enc: Encoded,
     *,
-    hp: Hyperparameters,
-    sample_rate: float,
-    steps: int,
-    noise_multiplier: float,
-    expected_batch_size: float,
-    delta: float,
-    fixed_events: list[GaussianEvent],
-    accountant: str,
-    seed: int | None,
-    max_physical: int,
+    plan: RunPlan,
+    config: TrainConfig,
     progress: ProgressCallback | None,
+    resume: TrainingState | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> DPOptimizer:
-    generator, secure = make_generator(seed)
+    assert plan.dp is not None
+    dp, hp = plan.dp, plan.hp
+    generator, secure = make_generator(config.seed)
     base = make_optimizer(model, hp)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        base.load_state_dict(resume.optimizer)
+        generator.set_state(resume.rng_state)
+        secure, start = resume.secure_rng, resume.step
     optimizer = DPOptimizer(
         base,
         module=model,
-        noise_multiplier=noise_multiplier,
+        noise_multiplier=dp.noise_multiplier,
         max_grad_norm=hp.max_grad_norm,
-        expected_batch_size=expected_batch_size,
-        sample_rate=sample_rate,
+        expected_batch_size=dp.expected_batch_size,
+        sample_rate=dp.sample_rate,
         generator=generator,
         secure_rng=secure,
     )
+    optimizer.steps = start
+    fixed = events_from_json(plan.pre_events)
+    x, y = enc.x_train, enc.y_train
     loss_fn = nn.CrossEntropyLoss()
-    sampler = PoissonBatchSampler(len(y), sample_rate=sample_rate, steps=steps, generator=generator)
-    report_every = max(1, steps // 25)
+    sampler = PoissonBatchSampler(
+        len(y), sample_rate=dp.sample_rate, steps=dp.steps - start, generator=generator
+    )
+    report_every = max(1, dp.steps // 25)
     epsilon: float | None = None
     model.train()
-    for step, indices in enumerate(sampler, start=1):
+    for step, indices in enumerate(sampler, start=start + 1):
         optimizer.zero_grad()
         total_loss, seen = 0.0, 0
-        for chunk in split_physical(indices, max_physical):
+        for chunk in split_physical(indices, config.max_physical_batch_size):
             if not len(chunk):
                 continue
             idx = torch.tensor(chunk, dtype=torch.long)
@@ -168,11 +207,24 @@ def _train_dp(
             total_loss += loss.item() * len(chunk)
             seen += len(chunk)
         optimizer.step()
+        if (
+            on_checkpoint is not None
+            and config.checkpoint_every
+            and step % config.checkpoint_every == 0
+        ):
+            on_checkpoint(
+                plan,
+                TrainingState(
+                    step, model.state_dict(), base.state_dict(), generator.get_state(), secure
+                ),
+            )
         if progress is not None:
-            if step % report_every == 0 or step == steps:
-                events = [*fixed_events, *optimizer.events]
-                epsilon = compute_epsilon(events, delta=delta, accountant=accountant)
-            progress(StepInfo(step, steps, total_loss / seen if seen else math.nan, epsilon))
+            if step % report_every == 0 or step == dp.steps:
+                events = [*fixed, *optimizer.events]
+                epsilon = compute_epsilon(
+                    events, delta=dp.accounting_delta, accountant=config.accountant
+                )
+            progress(StepInfo(step, dp.steps, total_loss / seen if seen else math.nan, epsilon))
     optimizer.detach()
     return optimizer
 
@@ -225,56 +277,13 @@ def resolve_keys(config: TrainConfig) -> ResolvedKeys:
     return ResolvedKeys(provider, public_key, signer)
 
 
-def _declared_schema(config: TrainConfig, header: Header) -> Schema | None:
-    if config.schema_path:
-        return Schema.load(config.schema_path)
-    declared = header.doc.get("declared_schema")
-    if declared is None:
-        return None
-    return Schema.from_json(declared, origin=f"declared schema of {config.data!r}")
-
-
-def _apply_classes(config: TrainConfig, data: TabularData) -> TabularData:
+def apply_classes(config: TrainConfig, data: TabularData) -> TabularData:
     if config.classes is not None:
         # Declared classes are public; rows whose label is not among them are not trained on.
         if len(config.classes) < 2:
             raise ConfigError(f"--classes needs at least two classes. Found {config.classes}.")
         data.schema = replace(data.schema, classes=list(config.classes))
     return data
-
-
-def verified_header(config: TrainConfig, keys: ResolvedKeys) -> Header:
-    """Check that the keys are there and the sealed dataset's signature holds; no decryption."""
-    if keys.provider is None:
-        raise ConfigError(f"{config.data!r} is a sealed dataset; give --key KEYDIR to decrypt it.")
-    if keys.public_key is None:
-        raise ConfigError("Give --public-key PUB to verify the sealed dataset's signature.")
-    return verify_sealed(Path(config.data), keys.public_key)
-
-
-def open_verified(config: TrainConfig, keys: ResolvedKeys, header: Header) -> TabularData:
-    """Decrypt a verified sealed dataset into memory (never to disk)."""
-    path = Path(config.data)
-    assert keys.provider is not None
-    digest = signed_manifest_digest(path, SEALED_SIGNATURE)
-    opened, table = open_sealed(path, keys=keys.provider)
-    if opened.raw != header.raw:
-        raise IntegrityError(f"{config.data!r} changed after it was verified")
-    data = from_table(
-        table,
-        label=config.label or header.label,
-        source=str(path),
-        sha256=digest,
-        features=config.features,
-        schema=_declared_schema(config, header),
-        keep_identifiers=config.keep_identifiers,
-    )
-    data.sealed = {
-        "dataset_id": header.dataset_id,
-        "manifest_sha256": digest,
-        "signer": str(header.doc.get("signer")),
-    }
-    return _apply_classes(config, data)
 
 
 def load_for(config: TrainConfig) -> TabularData:
@@ -287,148 +296,18 @@ def load_for(config: TrainConfig) -> TabularData:
         schema=schema,
         keep_identifiers=config.keep_identifiers,
     )
-    return _apply_classes(config, data)
+    return apply_classes(config, data)
 
 
-def plan_privacy(config: TrainConfig, header: Header) -> tuple[list[Event], float, float]:
-    """The events a run will spend, planned from the sealed header alone (no decryption).
-
-    The run itself recomputes them from its noisy count; both are calibrated to the same target
-    epsilon, and the ledger replaces the plan with the events that ran when the run completes.
-    """
-    assert config.epsilon is not None
-    schema_only = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(header.doc["arrow_schema"])))
-    like = from_table(
-        schema_only.empty_table(),
-        label=config.label or header.label,
-        source=config.data,
-        sha256="",
-        features=config.features,
-        schema=_declared_schema(config, header),
-        keep_identifiers=True,
-    )
-    like = _apply_classes(config, like)
-    n_plan = max(1.0, header.rows * (1 - config.test_fraction))
-    releases = planned_releases(like)
-    sigma_pre = _preprocessing_sigma(config, like)
-    hp = choose_hyperparameters(config, n_noisy=n_plan, image=False)
-    delta = config.delta if config.delta is not None else default_delta(n_plan)[0]
-    selection_delta = (
-        (config.delta or _CALIBRATION_DELTA) / 10 if "category_selection" in releases else 0.0
-    )
-    sample_rate = min(1.0, hp.batch_size / n_plan)
-    steps = max(1, math.ceil(hp.epochs / sample_rate))
-    fixed = [GaussianEvent(sigma_pre, len(releases))]
-    sigma = calibrate_noise(
-        config.epsilon,
-        delta - selection_delta,
-        sample_rate,
-        steps,
-        fixed_events=fixed,
-        accountant=config.accountant,
-    )
-    return (
-        [*fixed, PoissonGaussianEvent(sample_rate, sigma, steps)],
-        config.epsilon,
-        selection_delta,
-    )
+def _split(
+    data: TabularData, plan_seed: str, test_fraction: float
+) -> tuple[TabularData, TabularData]:
+    test_mask = split_mask(data, seed=plan_seed, test_fraction=test_fraction)
+    return data.take(np.flatnonzero(~test_mask)), data.take(np.flatnonzero(test_mask))
 
 
-def _train_sealed(
-    config: TrainConfig, keys: ResolvedKeys, progress: ProgressCallback | None
-) -> TrainResult:
-    """Verify, reserve the planned privacy loss in the ledger, and only then decrypt and train."""
-    if config.no_dp:
-        raise ConfigError(
-            "--no-dp cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
-        )
-    header = verified_header(config, keys)
-    events, epsilon, selection_delta = plan_privacy(config, header)
-    store = Store(config.store)
-    name = Path(config.data).name
-    run_id = ledger.reserve(
-        store,
-        dataset_id=header.dataset_id,
-        manifest_digest=signed_manifest_digest(Path(config.data), SEALED_SIGNATURE),
-        name=name,
-        events=events,
-        epsilon=epsilon,
-        delta_partition_selection=selection_delta,
-        parameters=config.model_dump(mode="json", exclude={"passphrase_env"}),
-    )
-    decrypted = False
-    try:
-        data = open_verified(config, keys, header)
-        decrypted = True
-        ledger.transition(store, run_id, "running")
-        result = _train_loaded(config, data, keys, progress)
-    except BaseException as exc:
-        ledger.transition(
-            store,
-            run_id,
-            "failed" if decrypted else "released",
-            details={"error": type(exc).__name__},
-        )
-        raise
-    p = result.card.privacy
-    ledger.transition(
-        store,
-        run_id,
-        "completed",
-        events=events_from_json(p.events),
-        epsilon=p.epsilon,
-        delta_partition_selection=p.delta_partition_selection,
-        details={"bundle": str(result.bundle), "epsilon": p.epsilon},
-    )
-    result.run_id = run_id
-    return result
-
-
-def train(
-    config: TrainConfig,
-    *,
-    data: TabularData | None = None,
-    progress: ProgressCallback | None = None,
-) -> TrainResult:
-    """Run the whole pipeline and write the bundle to ``config.out``.
-
-    A sealed dataset is verified, its planned privacy loss reserved in the ledger, and only
-    then decrypted (into memory); other data is loaded directly."""
-    config.validate_choices()
-    check_output_dir(config.out)
-    keys = resolve_keys(config)
-    if data is None and is_sealed(config.data):
-        return _train_sealed(config, keys, progress)
-    return _train_loaded(config, data if data is not None else load_for(config), keys, progress)
-
-
-def _train_loaded(
-    config: TrainConfig, data: TabularData, keys: ResolvedKeys, progress: ProgressCallback | None
-) -> TrainResult:
-    signing = None
-    if keys.signer is not None:
-        signing = {
-            "signer": keys.signer.fingerprint(),
-            "format": "OpenSSF model-signing, ECDSA P-256",
-            "signature_file": SIGNATURE,
-        }
-    rng = _numpy_rng(config.seed)
-    split_seed = config.split_seed or (
-        secrets.token_hex(16) if config.seed is None else f"seed-{config.seed}"
-    )
-    test_mask = split_mask(data, seed=split_seed, test_fraction=config.test_fraction)
-    train_data = data.take(np.flatnonzero(~test_mask))
-    test_data = data.take(np.flatnonzero(test_mask))
-
-    sigma_pre = _preprocessing_sigma(config, data)
-    selection_delta = (config.delta or _CALIBRATION_DELTA) / 10
-    pre, pre_events, n_train_noisy, n_test_noisy = fit_preprocessor(
-        train_data,
-        n_test=test_data.n_rows,
-        sigma=sigma_pre,
-        selection_delta=selection_delta,
-        rng=rng,
-    )
+def encode(plan: RunPlan, train_data: TabularData, test_data: TabularData) -> Encoded:
+    pre = plan.preprocessor
     x_train = pre.transform(train_data.features)
     y_train, keep = pre.encode_labels(train_data.labels)
     x_train, y_train = x_train[keep], y_train[keep]
@@ -436,8 +315,26 @@ def _train_loaded(
         raise DataError("No training rows are left after preprocessing.")
     x_test = pre.transform(test_data.features)
     y_test, keep_test = pre.encode_labels(test_data.labels)
-    x_test, y_test = x_test[keep_test], y_test[keep_test]
+    return Encoded(
+        torch.from_numpy(x_train), torch.from_numpy(y_train), x_test[keep_test], y_test[keep_test]
+    )
 
+
+def make_plan(config: TrainConfig, data: TabularData) -> tuple[RunPlan, TabularData, TabularData]:
+    """Split, fit the DP preprocessing, and fix the model and the DP-SGD mechanism."""
+    rng = _numpy_rng(config.seed)
+    split_seed = config.split_seed or (
+        secrets.token_hex(16) if config.seed is None else f"seed-{config.seed}"
+    )
+    train_data, test_data = _split(data, split_seed, config.test_fraction)
+    sigma_pre = preprocessing_sigma(config, data)
+    pre, pre_events, n_train_noisy, n_test_noisy = fit_preprocessor(
+        train_data,
+        n_test=test_data.n_rows,
+        sigma=sigma_pre,
+        selection_delta=(config.delta or CALIBRATION_DELTA) / 10,
+        rng=rng,
+    )
     hp = choose_hyperparameters(config, n_noisy=n_train_noisy, image=pre.image_shape is not None)
     arch = architecture_for(
         hp.model,
@@ -445,17 +342,70 @@ def _train_loaded(
         n_classes=len(pre.label.classes),
         image_shape=pre.image_shape,
     )
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
-    model = build_model(arch)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-
     if config.delta is not None:
         delta, delta_rule = config.delta, "given"
     else:
         delta, delta_rule = default_delta(n_train_noisy)
-    if config.no_dp:
-        steps = _train_plain(model, xt, yt, hp=hp, seed=config.seed, progress=progress)
+    dp = None
+    if not config.no_dp:
+        assert config.epsilon is not None
+        sample_rate = min(1.0, hp.batch_size / n_train_noisy)
+        steps = max(1, math.ceil(hp.epochs / sample_rate))
+        accounting_delta = delta - pre.dp.partition_selection_delta
+        sigma = calibrate_noise(
+            config.epsilon,
+            accounting_delta,
+            sample_rate,
+            steps,
+            fixed_events=pre_events,
+            accountant=config.accountant,
+        )
+        dp = DPPlan(
+            sample_rate=sample_rate,
+            steps=steps,
+            noise_multiplier=sigma,
+            expected_batch_size=sample_rate * n_train_noisy,
+            accounting_delta=accounting_delta,
+        )
+    plan = RunPlan(
+        split_seed=split_seed,
+        preprocessor=pre,
+        pre_events=events_to_json(pre_events),
+        sigma_pre=sigma_pre,
+        n_train_noisy=n_train_noisy,
+        n_test_noisy=n_test_noisy,
+        hp=hp,
+        arch=arch,
+        delta=None if config.no_dp else delta,
+        delta_rule=None if config.no_dp else delta_rule,
+        dp=dp,
+    )
+    return plan, train_data, test_data
+
+
+def train_loaded(
+    config: TrainConfig,
+    data: TabularData,
+    keys: ResolvedKeys,
+    progress: ProgressCallback | None,
+    *,
+    plan: RunPlan | None = None,
+    resume: TrainingState | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
+) -> TrainResult:
+    if plan is None:
+        plan, train_data, test_data = make_plan(config, data)
+    else:
+        train_data, test_data = _split(data, plan.split_seed, config.test_fraction)
+    enc = encode(plan, train_data, test_data)
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    model = build_model(plan.arch)
+    pre_events = events_from_json(plan.pre_events)
+    if plan.dp is None:
+        steps = _train_plain(
+            model, enc.x_train, enc.y_train, hp=plan.hp, seed=config.seed, progress=progress
+        )
         privacy = PrivacySection(
             mechanism="none",
             epsilon=None,
@@ -469,62 +419,66 @@ def _train_loaded(
             sampling="shuffle",
             secure_rng=config.seed is None,
             preprocessing_epsilon_share=None,
-            events=events_to_json(pre_events),
+            events=plan.pre_events,
             warning=NO_DP_WARNING,
         )
     else:
-        assert config.epsilon is not None
-        sample_rate = min(1.0, hp.batch_size / n_train_noisy)
-        steps = max(1, math.ceil(hp.epochs / sample_rate))
-        accounting_delta = delta - pre.dp.partition_selection_delta
-        sigma = calibrate_noise(
-            config.epsilon,
-            accounting_delta,
-            sample_rate,
-            steps,
-            fixed_events=pre_events,
-            accountant=config.accountant,
-        )
+        dp = plan.dp
         optimizer = _train_dp(
             model,
-            xt,
-            yt,
-            hp=hp,
-            sample_rate=sample_rate,
-            steps=steps,
-            noise_multiplier=sigma,
-            expected_batch_size=sample_rate * n_train_noisy,
-            delta=accounting_delta,
-            fixed_events=pre_events,
-            accountant=config.accountant,
-            seed=config.seed,
-            max_physical=config.max_physical_batch_size,
+            enc,
+            plan=plan,
+            config=config,
             progress=progress,
+            resume=resume,
+            on_checkpoint=on_checkpoint,
         )
-        events = [*pre_events, PoissonGaussianEvent(sample_rate, sigma, steps)]
+        events = [*pre_events, PoissonGaussianEvent(dp.sample_rate, dp.noise_multiplier, dp.steps)]
         privacy = PrivacySection(
             mechanism="dp-sgd",
-            epsilon=compute_epsilon(events, delta=accounting_delta, accountant=config.accountant),
-            delta=delta,
-            delta_partition_selection=pre.dp.partition_selection_delta,
-            delta_rule=delta_rule,
+            epsilon=compute_epsilon(
+                events, delta=dp.accounting_delta, accountant=config.accountant
+            ),
+            delta=plan.delta,
+            delta_partition_selection=plan.preprocessor.dp.partition_selection_delta,
+            delta_rule=plan.delta_rule,
             accountant=config.accountant,  # type: ignore[arg-type]
-            noise_multiplier=sigma,
-            sample_rate=sample_rate,
-            steps=steps,
-            max_grad_norm=hp.max_grad_norm,
-            expected_batch_size=sample_rate * n_train_noisy,
+            noise_multiplier=dp.noise_multiplier,
+            sample_rate=dp.sample_rate,
+            steps=dp.steps,
+            max_grad_norm=plan.hp.max_grad_norm,
+            expected_batch_size=dp.expected_batch_size,
             sampling="poisson",
             secure_rng=optimizer.secure_rng,
             preprocessing_epsilon_share=config.preprocessing_share,
             events=events_to_json(events),
         )
+    return _finish(config, data, keys, plan, model, enc, privacy)
 
-    metrics = evaluate(model, x_test, y_test, len(pre.label.classes))
+
+def _finish(
+    config: TrainConfig,
+    data: TabularData,
+    keys: ResolvedKeys,
+    plan: RunPlan,
+    model: nn.Module,
+    enc: Encoded,
+    privacy: PrivacySection,
+) -> TrainResult:
+    """Evaluate on the held-out split, write the card, and write (and sign) the bundle."""
+    pre = plan.preprocessor
+    signing = None
+    if keys.signer is not None:
+        signing = {
+            "signer": keys.signer.fingerprint(),
+            "format": "OpenSSF model-signing, ECDSA P-256",
+            "signature_file": SIGNATURE,
+        }
+    metrics = evaluate(model, enc.x_test, enc.y_test, len(pre.label.classes))
     metrics["note"] = "computed on the held-out split; metrics are not covered by the DP guarantee"
     card = ModelCard(
         model=ModelSection(
-            architecture=arch,
+            architecture=plan.arch,
             input_schema=[{"name": c.name, "kind": c.kind} for c in pre.columns],
             preprocessing=pre,
         ),
@@ -532,18 +486,18 @@ def _train_loaded(
         data=DataSection(
             source=data.source,
             label=data.label_name,
-            n_train=int(round(n_train_noisy)),
-            n_test=int(round(n_test_noisy)),
-            counts=f"Gaussian-noised (noise multiplier {sigma_pre:.4g}, sensitivity 1), rounded",
+            n_train=int(round(plan.n_train_noisy)),
+            n_test=int(round(plan.n_test_noisy)),
+            counts=f"Gaussian-noised (noise multiplier {plan.sigma_pre:.4g}, sensitivity 1), rounded",
             sha256=data.sha256,
             sealed=data.sealed,
             split={
                 "method": "hmac-sha256 per record",
                 "test_fraction": config.test_fraction,
-                "seed": split_seed,
+                "seed": plan.split_seed,
             },
         ),
-        training=hp.model_dump(),
+        training=plan.hp.model_dump(),
         signing=signing,
         metrics=metrics,
         software={

@@ -1,0 +1,254 @@
+"""Training on sealed data: verify, reserve privacy loss in the ledger, decrypt in memory,
+checkpoint (encrypted), and resume a crashed run under its original reservation."""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+
+from securetrain.crypto.signing import signed_manifest_digest
+from securetrain.data import Schema, TabularData, from_table, planned_releases
+from securetrain.errors import ConfigError, IntegrityError
+from securetrain.privacy import (
+    Event,
+    GaussianEvent,
+    PoissonGaussianEvent,
+    calibrate_noise,
+    events_from_json,
+)
+from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
+from securetrain.sealed import Header, open_sealed, verify_sealed
+from securetrain.store import Store, ledger
+from securetrain.train.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from securetrain.train.config import TrainConfig, choose_hyperparameters, default_delta
+from securetrain.train.trainer import (
+    CALIBRATION_DELTA,
+    ProgressCallback,
+    ResolvedKeys,
+    RunPlan,
+    TrainingState,
+    TrainResult,
+    apply_classes,
+    preprocessing_sigma,
+    train_loaded,
+)
+
+
+def _declared_schema(config: TrainConfig, header: Header) -> Schema | None:
+    if config.schema_path:
+        return Schema.load(config.schema_path)
+    declared = header.doc.get("declared_schema")
+    if declared is None:
+        return None
+    return Schema.from_json(declared, origin=f"declared schema of {config.data!r}")
+
+
+def verified_header(config: TrainConfig, keys: ResolvedKeys) -> Header:
+    """Check that the keys are there and the sealed dataset's signature holds; no decryption."""
+    if keys.provider is None:
+        raise ConfigError(f"{config.data!r} is a sealed dataset; give --key KEYDIR to decrypt it.")
+    if keys.public_key is None:
+        raise ConfigError("Give --public-key PUB to verify the sealed dataset's signature.")
+    return verify_sealed(Path(config.data), keys.public_key)
+
+
+def open_verified(config: TrainConfig, keys: ResolvedKeys, header: Header) -> TabularData:
+    """Decrypt a verified sealed dataset into memory (never to disk)."""
+    path = Path(config.data)
+    assert keys.provider is not None
+    digest = signed_manifest_digest(path, SEALED_SIGNATURE)
+    opened, table = open_sealed(path, keys=keys.provider)
+    if opened.raw != header.raw:
+        raise IntegrityError(f"{config.data!r} changed after it was verified")
+    data = from_table(
+        table,
+        label=config.label or header.label,
+        source=str(path),
+        sha256=digest,
+        features=config.features,
+        schema=_declared_schema(config, header),
+        keep_identifiers=config.keep_identifiers,
+    )
+    data.sealed = {
+        "dataset_id": header.dataset_id,
+        "manifest_sha256": digest,
+        "signer": str(header.doc.get("signer")),
+    }
+    return apply_classes(config, data)
+
+
+def plan_privacy(config: TrainConfig, header: Header) -> tuple[list[Event], float, float]:
+    """The events a run will spend, planned from the sealed header alone (no decryption).
+
+    The run itself recomputes them from its noisy count; both are calibrated to the same target
+    epsilon, and the ledger replaces the plan with the events that ran when the run completes.
+    """
+    assert config.epsilon is not None
+    schema_only = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(header.doc["arrow_schema"])))
+    like = from_table(
+        schema_only.empty_table(),
+        label=config.label or header.label,
+        source=config.data,
+        sha256="",
+        features=config.features,
+        schema=_declared_schema(config, header),
+        keep_identifiers=True,
+    )
+    like = apply_classes(config, like)
+    n_plan = max(1.0, header.rows * (1 - config.test_fraction))
+    releases = planned_releases(like)
+    sigma_pre = preprocessing_sigma(config, like)
+    hp = choose_hyperparameters(config, n_noisy=n_plan, image=False)
+    delta = config.delta if config.delta is not None else default_delta(n_plan)[0]
+    selection_delta = (
+        (config.delta or CALIBRATION_DELTA) / 10 if "category_selection" in releases else 0.0
+    )
+    sample_rate = min(1.0, hp.batch_size / n_plan)
+    steps = max(1, math.ceil(hp.epochs / sample_rate))
+    fixed = [GaussianEvent(sigma_pre, len(releases))]
+    sigma = calibrate_noise(
+        config.epsilon,
+        delta - selection_delta,
+        sample_rate,
+        steps,
+        fixed_events=fixed,
+        accountant=config.accountant,
+    )
+    return (
+        [*fixed, PoissonGaussianEvent(sample_rate, sigma, steps)],
+        config.epsilon,
+        selection_delta,
+    )
+
+
+def _checkpointer(config: TrainConfig, keys: ResolvedKeys, run_id: str):  # type: ignore[no-untyped-def]
+    if not config.checkpoint_every:
+        return None
+    assert keys.provider is not None
+    master = keys.provider.master_key()
+
+    def save(plan: RunPlan, state: TrainingState) -> None:
+        save_checkpoint(master, run_id, plan.model_dump(mode="json"), state)
+
+    return save
+
+
+def _complete(store: Store, run_id: str, result: TrainResult) -> TrainResult:
+    p = result.card.privacy
+    ledger.transition(
+        store,
+        run_id,
+        "completed",
+        events=events_from_json(p.events),
+        epsilon=p.epsilon,
+        delta_partition_selection=p.delta_partition_selection,
+        details={"bundle": str(result.bundle), "epsilon": p.epsilon},
+    )
+    remove_checkpoint(run_id)
+    result.run_id = run_id
+    return result
+
+
+def train_sealed(
+    config: TrainConfig,
+    keys: ResolvedKeys,
+    progress: ProgressCallback | None,
+    on_run: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Verify, reserve the planned privacy loss in the ledger, and only then decrypt and train."""
+    if config.no_dp:
+        raise ConfigError(
+            "--no-dp cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
+        )
+    header = verified_header(config, keys)
+    events, epsilon, selection_delta = plan_privacy(config, header)
+    store = Store(config.store)
+    run_id = ledger.reserve(
+        store,
+        dataset_id=header.dataset_id,
+        manifest_digest=signed_manifest_digest(Path(config.data), SEALED_SIGNATURE),
+        name=Path(config.data).name,
+        events=events,
+        epsilon=epsilon,
+        delta_partition_selection=selection_delta,
+        parameters=config.model_dump(mode="json"),
+    )
+    if on_run is not None:
+        on_run(run_id)
+    decrypted = False
+    try:
+        data = open_verified(config, keys, header)
+        decrypted = True
+        ledger.transition(store, run_id, "running")
+        result = train_loaded(
+            config, data, keys, progress, on_checkpoint=_checkpointer(config, keys, run_id)
+        )
+    except BaseException as exc:
+        ledger.transition(
+            store,
+            run_id,
+            "failed" if decrypted else "released",
+            details={"error": type(exc).__name__},
+        )
+        raise
+    return _complete(store, run_id, result)
+
+
+RESUMABLE = ("running", "failed")
+
+
+def resumed_config(config: TrainConfig) -> TrainConfig:
+    """The crashed run's own configuration, with this invocation's keys, store and output."""
+    assert config.resume is not None
+    run = ledger.get_run(Store(config.store), config.resume)
+    if run.state not in RESUMABLE:
+        raise ConfigError(
+            f"Run {config.resume} is {run.state}; only a running or failed run can be resumed."
+        )
+    original = TrainConfig.model_validate(run.parameters)
+    overrides = {
+        k: v
+        for k, v in config.model_dump().items()
+        if k in ("key_dir", "passphrase_env", "public_key", "sign_key", "store") and v is not None
+    }
+    if config.out is not None:
+        overrides["out"] = config.out
+    return original.model_copy(update={**overrides, "resume": config.resume})
+
+
+def resume_sealed(
+    config: TrainConfig, keys: ResolvedKeys, progress: ProgressCallback | None
+) -> TrainResult:
+    """Continue a crashed run from its last encrypted checkpoint, under the same reservation."""
+    assert config.resume is not None
+    run_id = config.resume
+    store = Store(config.store)
+    run = ledger.get_run(store, run_id)
+    header = verified_header(config, keys)
+    if header.dataset_id != run.dataset_id:
+        raise IntegrityError(
+            f"{config.data!r} is not the dataset that run {run_id} reserved budget on"
+        )
+    assert keys.provider is not None
+    plan_json, state = load_checkpoint(keys.provider.master_key(), run_id)
+    plan = RunPlan.model_validate(plan_json)
+    try:
+        data = open_verified(config, keys, header)
+        ledger.transition(store, run_id, "running", details={"resumed_from_step": state.step})
+        result = train_loaded(
+            config,
+            data,
+            keys,
+            progress,
+            plan=plan,
+            resume=state,
+            on_checkpoint=_checkpointer(config, keys, run_id),
+        )
+    except BaseException as exc:
+        ledger.transition(store, run_id, "failed", details={"error": type(exc).__name__})
+        raise
+    return _complete(store, run_id, result)
