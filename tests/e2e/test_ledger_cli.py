@@ -87,12 +87,12 @@ def test_refused_run_never_decrypts(world, monkeypatch) -> None:
     tmp, env, keys, sealed, home = world
     monkeypatch.setenv("SECURETRAIN_HOME", str(home))
     assert run_cli("budget", "set", str(sealed), "--epsilon", "0.5", env=env).returncode == 0
-    from securetrain.train import trainer
+    from securetrain.train import sealed_run
 
     def must_not_decrypt(*args, **kwargs):
         raise AssertionError("decrypted although the budget refused the run")
 
-    monkeypatch.setattr(trainer, "open_verified", must_not_decrypt)
+    monkeypatch.setattr(sealed_run, "open_verified", must_not_decrypt)
     with pytest.raises(BudgetExceeded):
         train(
             TrainConfig(

@@ -223,20 +223,31 @@ def verify_sealed(path: Path, public_key: Path) -> Header:
     return header
 
 
+def _data_key(path: Path, header: Header, keys: KeyProvider) -> bytes:
+    try:
+        wrapped = base64.b64decode(header.doc["key_wrapping"]["wrapped_data_key"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        raise IntegrityError(f"header of {str(path)!r} is damaged") from None
+    return aead.decrypt(keys.master_key(), wrapped, _DEK_AAD + header.dataset_id.encode())
+
+
+def check_key(path: Path, keys: KeyProvider) -> None:
+    """Check that ``keys`` unwrap this dataset's data key, without decrypting any row."""
+    _data_key(path, read_header(path), keys)
+
+
 def open_sealed(path: Path, *, keys: KeyProvider) -> tuple[Header, pa.Table]:
     """Decrypt the whole dataset into memory. Wrong master key: :class:`DecryptionError`.
     Any altered, missing, extra or reordered chunk, or an edited header: :class:`IntegrityError`.
     """
     header = read_header(path)
-    master = keys.master_key()
+    data_key = _data_key(path, header, keys)
     try:
-        wrapped = base64.b64decode(header.doc["key_wrapping"]["wrapped_data_key"], validate=True)
         arrow_schema = pa.ipc.read_schema(
             pa.py_buffer(base64.b64decode(header.doc["arrow_schema"], validate=True))
         )
     except (KeyError, TypeError, ValueError, OSError, pa.ArrowException):
         raise IntegrityError(f"header of {str(path)!r} is damaged") from None
-    data_key = aead.decrypt(master, wrapped, _DEK_AAD + header.dataset_id.encode())
     expected = [chunk_name(i) for i in range(header.chunks)]
     chunk_dir = path / CHUNKS
     present = sorted(p.name for p in chunk_dir.iterdir()) if chunk_dir.is_dir() else []

@@ -21,7 +21,7 @@ from securetrain.privacy import (
     events_from_json,
 )
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
-from securetrain.sealed import Header, open_sealed, verify_sealed
+from securetrain.sealed import Header, check_key, open_sealed, verify_sealed
 from securetrain.store import Store, ledger
 from securetrain.train.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from securetrain.train.config import TrainConfig, choose_hyperparameters, default_delta
@@ -165,6 +165,8 @@ def train_sealed(
             "--no-dp cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
         )
     header = verified_header(config, keys)
+    assert keys.provider is not None
+    check_key(Path(config.data), keys.provider)  # a wrong key fails here, before any reservation
     events, epsilon, selection_delta = plan_privacy(config, header)
     store = Store(config.store)
     run_id = ledger.reserve(
