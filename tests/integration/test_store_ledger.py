@@ -29,18 +29,22 @@ def _setup(url: str, budget: float) -> None:
     )
 
 
+def _reserve(store: Store, dataset_id: str = "ds1") -> str:
+    return ledger.reserve(
+        store,
+        dataset_id=dataset_id,
+        manifest_digest="sha256:00",
+        name="d.sealed",
+        events=run_events(),
+        epsilon=1.0,
+        delta_partition_selection=0.0,
+        parameters={},
+    )
+
+
 def _try_reserve(url: str) -> bool:
     try:
-        ledger.reserve(
-            Store(url),
-            dataset_id="ds1",
-            manifest_digest="sha256:00",
-            name="d.sealed",
-            events=run_events(),
-            epsilon=1.0,
-            delta_partition_selection=0.0,
-            parameters={},
-        )
+        _reserve(Store(url))
         return True
     except BudgetExceeded:
         return False
@@ -82,16 +86,7 @@ def test_concurrent_processes_cannot_overspend(store_url: str) -> None:
     expected = 0
     for _ in range(8):
         try:
-            ledger.reserve(
-                Store(sequential_url),
-                dataset_id="seq",
-                manifest_digest="sha256:01",
-                name="seq.sealed",
-                events=run_events(),
-                epsilon=1.0,
-                delta_partition_selection=0.0,
-                parameters={},
-            )
+            _reserve(Store(sequential_url), "seq")
             expected += 1
         except BudgetExceeded:
             pass
@@ -109,26 +104,8 @@ def test_completed_run_replaces_plan_with_actual_events_and_crash_keeps_reservat
 ) -> None:
     _setup(store_url, 10.0)
     store = Store(store_url)
-    a = ledger.reserve(
-        store,
-        dataset_id="ds1",
-        manifest_digest="sha256:00",
-        name="d",
-        events=run_events(),
-        epsilon=1.0,
-        delta_partition_selection=0.0,
-        parameters={},
-    )
-    b = ledger.reserve(
-        store,
-        dataset_id="ds1",
-        manifest_digest="sha256:00",
-        name="d",
-        events=run_events(),
-        epsilon=1.0,
-        delta_partition_selection=0.0,
-        parameters={},
-    )
+    a = _reserve(store)
+    b = _reserve(store)
     ledger.transition(store, a, "running")
     actual = [GaussianEvent(50.0, 2), PoissonGaussianEvent(0.29, SIGMA_EPS1 * 1.01, 88)]
     ledger.transition(
@@ -139,16 +116,7 @@ def test_completed_run_replaces_plan_with_actual_events_and_crash_keeps_reservat
     states = {r.run_id: (r.state, r.basis) for r in status.runs}
     assert states == {a: ("completed", "actual"), b: ("running", "planned")}
     assert status.reserved > status.spent > 0
-    c = ledger.reserve(
-        store,
-        dataset_id="ds1",
-        manifest_digest="sha256:00",
-        name="d",
-        events=run_events(),
-        epsilon=1.0,
-        delta_partition_selection=0.0,
-        parameters={},
-    )
+    c = _reserve(store)
     ledger.transition(store, c, "released")  # refused before any decryption: no charge
     assert {r.run_id for r in ledger.status(store, "ds1").runs} == {a, b}
 
@@ -159,13 +127,4 @@ def test_refusal_message_gives_spent_remaining_and_requested(store_url: str) -> 
         BudgetExceeded,
         match=r"spent or reserved ε = 0\.0000 of 0\.5.*remaining 0\.5000.*requests ε = 1",
     ):
-        ledger.reserve(
-            Store(store_url),
-            dataset_id="ds1",
-            manifest_digest="sha256:00",
-            name="d.sealed",
-            events=run_events(),
-            epsilon=1.0,
-            delta_partition_selection=0.0,
-            parameters={},
-        )
+        _reserve(Store(store_url))

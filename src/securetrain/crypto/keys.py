@@ -176,14 +176,19 @@ def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
     return "sha256:" + hashlib.sha256(pem).hexdigest()
 
 
-def public_key_of(private_key_path: Path, passphrase: str | None) -> ec.EllipticCurvePublicKey:
-    check_private_permissions(private_key_path)
+def load_private_key(path: Path, passphrase: str | None) -> ec.EllipticCurvePrivateKey:
+    """An ECDSA signing key from a 0600 PEM file; a wrong passphrase is a DecryptionError."""
+    check_private_permissions(path)
     try:
         key = serialization.load_pem_private_key(
-            private_key_path.read_bytes(), password=passphrase.encode() if passphrase else None
+            path.read_bytes(), password=passphrase.encode() if passphrase else None
         )
     except (ValueError, TypeError):
         raise DecryptionError("could not load the signing key (wrong passphrase?)") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise DataError(f"Signing key {str(private_key_path)!r} is not an ECDSA key.")
-    return key.public_key()
+        raise DataError(f"Signing key {str(path)!r} is not an ECDSA key.")
+    return key
+
+
+def public_key_of(private_key_path: Path, passphrase: str | None) -> ec.EllipticCurvePublicKey:
+    return load_private_key(private_key_path, passphrase).public_key()

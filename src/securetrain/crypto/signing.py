@@ -87,19 +87,12 @@ def signature_key_hint(directory: Path, signature_name: str) -> str | None:
 
 def sign_bytes(private_key: Path, data: bytes, *, passphrase: str | None = None) -> bytes:
     """ECDSA P-256 / SHA-256 signature over ``data`` (DER)."""
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    check_private_permissions(private_key)
-    try:
-        key = serialization.load_pem_private_key(
-            private_key.read_bytes(), password=passphrase.encode() if passphrase else None
-        )
-    except (ValueError, TypeError):
-        raise DecryptionError("could not load the signing key (wrong passphrase?)") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise DataError(f"Signing key {str(private_key)!r} is not an ECDSA key.")
-    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+    from securetrain.crypto.keys import load_private_key
+
+    return load_private_key(private_key, passphrase).sign(data, ec.ECDSA(hashes.SHA256()))
 
 
 def verify_bytes(public_key: Path, data: bytes, signature: bytes) -> None:
