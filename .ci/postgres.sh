@@ -2,6 +2,7 @@
 # Install (if needed) and start a throw-away PostgreSQL server on loopback for the tests.
 # Prints the SQLAlchemy URL of a superuser connection on its last line.
 set -euo pipefail
+cd /  # the postgres user cannot enter the caller's directory
 PORT="${PGPORT_TEST:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
