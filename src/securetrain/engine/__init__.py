@@ -1,5 +1,6 @@
 """DP-SGD: Poisson sampling, per-sample clipping strategies, noise, the optimizer step."""
 
+from securetrain.engine import strategies  # noqa: F401  (importing it registers the fast strategies)
 from securetrain.engine.api import make_private, make_private_with_epsilon
 from securetrain.engine.clipping import (
     ClippingStrategy,

@@ -32,6 +32,7 @@ def make_private(
     max_grad_norm: float,
     loss_reduction: str = "mean",
     seed: int | None = None,
+    clipping: str = "auto",
 ) -> tuple[nn.Module, DPOptimizer, DPDataLoader]:
     """Make a model, optimizer and data loader train with DP-SGD.
 
@@ -56,6 +57,7 @@ def make_private(
         generator=generator,
         secure_rng=secure,
         loss_reduction=loss_reduction,
+        clipping=clipping,
     )
     loader = DPDataLoader(
         data_loader.dataset,
@@ -79,6 +81,7 @@ def make_private_with_epsilon(
     accountant: str = "pld",
     loss_reduction: str = "mean",
     seed: int | None = None,
+    clipping: str = "auto",
 ) -> tuple[nn.Module, DPOptimizer, DPDataLoader]:
     """Like :func:`make_private`, with the smallest noise that keeps ``epochs`` passes over the
     loader within ``(target_epsilon, target_delta)``."""
@@ -96,4 +99,5 @@ def make_private_with_epsilon(
         max_grad_norm=max_grad_norm,
         loss_reduction=loss_reduction,
         seed=seed,
+        clipping=clipping,
     )

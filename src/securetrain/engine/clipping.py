@@ -93,5 +93,16 @@ class GenericStrategy:
 _GENERIC = GenericStrategy()
 
 
-def strategy_for(module: nn.Module) -> ClippingStrategy:
+CLIPPING_MODES = ("auto", "fast", "generic")
+
+
+def has_fast_strategy(module: nn.Module) -> bool:
+    return type(module) in _REGISTRY
+
+
+def strategy_for(module: nn.Module, mode: str = "auto") -> ClippingStrategy:
+    """``auto``: the registered strategy, else the generic one; ``fast``: the registered one
+    (the caller has checked it exists); ``generic``: always ``torch.func``."""
+    if mode == "generic":
+        return _GENERIC
     return _REGISTRY.get(type(module), _GENERIC)

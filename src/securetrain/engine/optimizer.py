@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from securetrain.engine.clipping import GenericStrategy, LayerTrace, own_parameters, strategy_for
+from securetrain.engine.clipping import (
+    CLIPPING_MODES,
+    GenericStrategy,
+    LayerTrace,
+    has_fast_strategy,
+    own_parameters,
+    strategy_for,
+)
 from securetrain.engine.noise import gaussian_noise
 from securetrain.engine.tracer import GradientTracer
 from securetrain.errors import ConfigError, UnsupportedModelError
@@ -17,6 +25,7 @@ from securetrain.privacy.accounting import compute_epsilon
 from securetrain.privacy.events import PoissonGaussianEvent
 
 _GENERIC = GenericStrategy()
+_log = logging.getLogger("securetrain.engine")
 
 
 def check_privacy_parameters(
@@ -38,6 +47,7 @@ def clipped_sums(
     traces: dict[str, list[LayerTrace]],
     max_grad_norm: float,
     *,
+    mode: str = "auto",
     with_unclipped: bool = False,
 ) -> tuple[Sums, int, Sums | None]:
     """Sum over samples of the per-sample gradients, each clipped to ``max_grad_norm`` in L2.
@@ -49,7 +59,7 @@ def clipped_sums(
     for name, layer_traces in traces.items():
         layer = layers[name]
         if len(layer_traces) == 1:
-            strategy = strategy_for(layer)
+            strategy = strategy_for(layer, mode)
             prepared[name] = (strategy, strategy.prepare(layer, layer_traces[0]))
         else:
             # A layer called several times per forward: its per-sample gradient is the sum of
@@ -103,7 +113,12 @@ class DPOptimizer:
         generator: torch.Generator,
         secure_rng: bool,
         loss_reduction: str = "mean",
+        clipping: str = "auto",
     ) -> None:
+        if clipping not in CLIPPING_MODES:
+            raise ConfigError(
+                f"Clipping must be one of {', '.join(CLIPPING_MODES)}. Found {clipping!r}."
+            )
         check_privacy_parameters(
             noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, sample_rate=sample_rate
         )
@@ -119,6 +134,21 @@ class DPOptimizer:
         self.secure_rng = secure_rng
         self.steps = 0
         self.tracer = GradientTracer(module, loss_reduction=loss_reduction)
+        self.clipping = clipping
+        slow = {
+            n: type(m).__name__ for n, m in self.tracer.layers.items() if not has_fast_strategy(m)
+        }
+        if clipping == "fast" and slow:
+            name, kind = next(iter(slow.items()))
+            raise UnsupportedModelError(
+                f"clipping='fast' but layer '{name}' ({kind}) has no fast strategy; "
+                "use clipping='auto' to fall back to the generic torch.func path for it."
+            )
+        if clipping == "auto" and slow:
+            _log.info(
+                "generic (torch.func) per-sample clipping for: %s",
+                ", ".join(f"{n} ({k})" for n, k in slow.items()),
+            )
         self._params: dict[tuple[str, str], nn.Parameter] = {
             (layer_name, pname): p
             for layer_name, layer in self.tracer.layers.items()
@@ -152,7 +182,11 @@ class DPOptimizer:
         traces = self.tracer.take()
         with self.tracer.paused():
             sums, n, unclipped = clipped_sums(
-                self.tracer.layers, traces, self.max_grad_norm, with_unclipped=not self._verified
+                self.tracer.layers,
+                traces,
+                self.max_grad_norm,
+                mode=self.clipping,
+                with_unclipped=not self._verified,
             )
         if unclipped is not None and n > 0:
             self._verify_tracing(unclipped, n)

@@ -1,0 +1,235 @@
+"""Fast clipping strategies against the per-example definition, on every registered layer type
+and on mixed models, for batch sizes 0 and 1 and clip bounds below and above the norms."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from securetrain.engine import DPOptimizer, make_generator
+from securetrain.engine.clipping import has_fast_strategy
+from securetrain.errors import UnsupportedModelError
+
+
+class TinyTransformer(nn.Module):
+    """Embedding, LayerNorm, single-head attention from Linear layers, a Linear head."""
+
+    def __init__(self, vocab: int = 11, d: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.norm1 = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.norm2 = nn.LayerNorm(d)
+        self.ff = nn.Linear(d, d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(self.embed(tokens))
+        att = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / math.sqrt(h.shape[-1]), dim=-1)
+        h = self.norm2(h + self.o(att @ self.v(h)))
+        h = h + torch.tanh(self.ff(h))
+        return self.head(h.mean(1))
+
+
+MODELS = {
+    "linear": (lambda: nn.Linear(6, 3), lambda b: torch.randn(b, 6) * 3),
+    "linear-seq": (
+        lambda: nn.Sequential(nn.Linear(5, 7), nn.Flatten(), nn.Linear(28, 3)),
+        lambda b: torch.randn(b, 4, 5),
+    ),
+    "mlp": (
+        lambda: nn.Sequential(
+            nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+        ),
+        lambda b: torch.randn(b, 6) * 2,
+    ),
+    "cnn": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.GroupNorm(2, 4),
+            nn.ReLU(),
+            nn.Conv2d(4, 8, 3, stride=2),
+            nn.Flatten(),
+            nn.Linear(8 * 3 * 3, 3),
+        ),
+        lambda b: torch.randn(b, 1, 8, 8),
+    ),
+    "conv1d": (
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 3, 3, padding=2, dilation=2), nn.Flatten(), nn.Linear(30, 3)
+        ),
+        lambda b: torch.randn(b, 2, 10),
+    ),
+    "layernorm": (
+        lambda: nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Linear(6, 3)),
+        lambda b: torch.randn(b, 5),
+    ),
+    "transformer": (TinyTransformer, lambda b: torch.randint(0, 11, (b, 6))),
+    "embedding-padding": (
+        lambda: nn.Sequential(nn.Embedding(9, 4, padding_idx=0), nn.Flatten(), nn.Linear(20, 3)),
+        lambda b: torch.randint(0, 9, (b, 5)),
+    ),
+}
+
+
+def reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict:
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(len(x)):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        grads = {
+            n: (p.grad if p.grad is not None else torch.zeros_like(p)).clone()
+            for n, p in model.named_parameters()
+        }
+        factor = min(
+            1.0, clip / (math.sqrt(sum(g.pow(2).sum().item() for g in grads.values())) + 1e-6)
+        )
+        for n in total:
+            total[n] += factor * grads[n]
+    return total
+
+
+def ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float, clipping: str) -> dict:
+    gen, _ = make_generator(0)
+    opt = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        module=model,
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        expected_batch_size=1.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
+        clipping=clipping,
+    )
+    opt.zero_grad()
+    out = model(x)
+    (nn.functional.cross_entropy(out, y) if len(x) else out.sum()).backward()
+    opt.step()
+    opt.detach()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_layer_in_these_models_has_a_fast_strategy(name: str) -> None:
+    build, _ = MODELS[name]
+    layers = [m for m in build().modules() if any(True for _ in m.parameters(recurse=False))]
+    assert layers and all(has_fast_strategy(m) for m in layers)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(sorted(MODELS)),
+    batch=st.sampled_from([0, 1, 2, 5, 13]),
+    clip=st.sampled_from([1e-3, 0.05, 1.0, 1e4]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fast_clipped_sums_equal_the_per_example_loop(
+    name: str, batch: int, clip: float, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    build, inputs = MODELS[name]
+    model = build()
+    x, y = inputs(batch), torch.randint(0, 3, (batch,))
+    expected = reference(model, x, y, clip)
+    got = ours(model, x, y, clip, "fast")
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], atol=1e-5, rtol=1e-5)
+
+
+def test_fast_and_generic_train_the_same_model_for_the_same_noise() -> None:
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 11, (64, 6)), torch.randint(0, 3, (64,))
+    results = []
+    for mode in ("fast", "generic"):
+        torch.manual_seed(1)
+        model = TinyTransformer()
+        gen, _ = make_generator(123)
+        opt = DPOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.5),
+            module=model,
+            noise_multiplier=1.0,
+            max_grad_norm=0.5,
+            expected_batch_size=16,
+            sample_rate=0.25,
+            generator=gen,
+            secure_rng=False,
+            clipping=mode,
+        )
+        for step in range(5):
+            idx = torch.arange(step * 12, step * 12 + 12)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        results.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    for n in results[0]:
+        torch.testing.assert_close(results[0][n], results[1][n], atol=1e-5, rtol=1e-5)
+
+
+def test_fast_mode_refuses_layers_without_a_fast_strategy_and_auto_falls_back() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.PReLU(), nn.Linear(4, 2))
+    gen, _ = make_generator(0)
+    kwargs = dict(
+        module=model,
+        noise_multiplier=0.0,
+        max_grad_norm=1.0,
+        expected_batch_size=1.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
+    )
+    with pytest.raises(UnsupportedModelError, match=r"layer '1' \(PReLU\) has no fast strategy"):
+        DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), clipping="fast", **kwargs)
+    torch.manual_seed(2)
+    x, y = torch.randn(7, 4), torch.randint(0, 2, (7,))
+    expected = reference(model, x, y, 0.3)
+    got = ours(model, x, y, 0.3, "auto")
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], atol=1e-5, rtol=1e-5)
+
+
+def test_linear_fast_path_materialises_no_per_sample_gradients() -> None:
+    """With 2-D input the Linear strategy keeps only activations and output gradients: no tensor
+    of shape (batch, out, in) is ever allocated."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Inventory(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes: list[tuple[int, ...]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    self.shapes.append(tuple(t.shape))
+            return out
+
+    batch, d_in, d_out = 32, 50, 40
+    model = nn.Linear(d_in, d_out)
+    gen, _ = make_generator(0)
+    opt = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        module=model,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=32.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
+        clipping="fast",
+    )
+    x, y = torch.randn(batch, d_in), torch.randint(0, d_out, (batch,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    with Inventory() as inventory:
+        opt.step()
+    assert inventory.shapes, "the step ran no tensor operations"
+    per_sample = [
+        s
+        for s in inventory.shapes
+        if len(s) >= 3 and s[0] == batch and math.prod(s[1:]) >= d_in * d_out
+    ]
+    assert per_sample == []
