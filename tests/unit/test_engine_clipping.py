@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from securetrain.engine import DPOptimizer, make_generator
+from tests.engine_reference import ours_clipped_sum, reference_clipped_sum
 
 
 def mlp() -> nn.Module:
@@ -27,39 +28,6 @@ def cnn() -> nn.Module:
 
 
 SHAPES = {"mlp": (mlp, (6,)), "cnn": (cnn, (1, 8, 8))}
-
-
-def reference_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict:
-    """The definition: one backward pass per example, clip, add."""
-    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for i in range(len(x)):
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
-        factor = min(1.0, clip / (norm.item() + 1e-6))
-        for n in total:
-            total[n] += factor * grads[n]
-    return total
-
-
-def ours_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict:
-    gen, _ = make_generator(0)
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        module=model,
-        noise_multiplier=0.0,
-        max_grad_norm=clip,
-        expected_batch_size=1.0,
-        sample_rate=0.5,
-        generator=gen,
-        secure_rng=False,
-    )
-    opt.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    opt.step()
-    opt.detach()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
 def opacus_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict:

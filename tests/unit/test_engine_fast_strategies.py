@@ -12,6 +12,7 @@ from torch import nn
 from securetrain.engine import DPOptimizer, make_generator
 from securetrain.engine.clipping import has_fast_strategy
 from securetrain.errors import UnsupportedModelError
+from tests.engine_reference import ours_clipped_sum, reference_clipped_sum
 
 
 class TinyTransformer(nn.Module):
@@ -75,44 +76,6 @@ MODELS = {
 }
 
 
-def reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict:
-    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for i in range(len(x)):
-        model.zero_grad()
-        nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        grads = {
-            n: (p.grad if p.grad is not None else torch.zeros_like(p)).clone()
-            for n, p in model.named_parameters()
-        }
-        factor = min(
-            1.0, clip / (math.sqrt(sum(g.pow(2).sum().item() for g in grads.values())) + 1e-6)
-        )
-        for n in total:
-            total[n] += factor * grads[n]
-    return total
-
-
-def ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float, clipping: str) -> dict:
-    gen, _ = make_generator(0)
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        module=model,
-        noise_multiplier=0.0,
-        max_grad_norm=clip,
-        expected_batch_size=1.0,
-        sample_rate=0.5,
-        generator=gen,
-        secure_rng=False,
-        clipping=clipping,
-    )
-    opt.zero_grad()
-    out = model(x)
-    (nn.functional.cross_entropy(out, y) if len(x) else out.sum()).backward()
-    opt.step()
-    opt.detach()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_layer_in_these_models_has_a_fast_strategy(name: str) -> None:
     build, _ = MODELS[name]
@@ -134,8 +97,8 @@ def test_fast_clipped_sums_equal_the_per_example_loop(
     build, inputs = MODELS[name]
     model = build()
     x, y = inputs(batch), torch.randint(0, 3, (batch,))
-    expected = reference(model, x, y, clip)
-    got = ours(model, x, y, clip, "fast")
+    expected = reference_clipped_sum(model, x, y, clip)
+    got = ours_clipped_sum(model, x, y, clip, "fast")
     for n in expected:
         torch.testing.assert_close(got[n], expected[n], atol=1e-5, rtol=1e-5)
 
@@ -185,8 +148,8 @@ def test_fast_mode_refuses_layers_without_a_fast_strategy_and_auto_falls_back() 
         DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), clipping="fast", **kwargs)
     torch.manual_seed(2)
     x, y = torch.randn(7, 4), torch.randint(0, 2, (7,))
-    expected = reference(model, x, y, 0.3)
-    got = ours(model, x, y, 0.3, "auto")
+    expected = reference_clipped_sum(model, x, y, 0.3)
+    got = ours_clipped_sum(model, x, y, 0.3, "auto")
     for n in expected:
         torch.testing.assert_close(got[n], expected[n], atol=1e-5, rtol=1e-5)
 
