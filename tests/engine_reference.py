@@ -8,7 +8,10 @@ from torch import nn
 from securetrain.engine import DPOptimizer, make_generator
 
 
-def reference_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict:
+def reference_clipped_sum(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float | dict[str, float]
+) -> dict:
+    """Clip each sample's gradient (flat: one bound; per layer: a bound per layer name)."""
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for i in range(len(x)):
         model.zero_grad()
@@ -17,6 +20,13 @@ def reference_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cl
             n: (p.grad if p.grad is not None else torch.zeros_like(p)).clone()
             for n, p in model.named_parameters()
         }
+        if isinstance(clip, dict):
+            for layer, bound in clip.items():
+                names = [n for n in grads if n.rpartition(".")[0] == layer]
+                norm = math.sqrt(sum(grads[n].pow(2).sum().item() for n in names))
+                for n in names:
+                    total[n] += min(1.0, bound / (norm + 1e-6)) * grads[n]
+            continue
         factor = min(
             1.0, clip / (math.sqrt(sum(g.pow(2).sum().item() for g in grads.values())) + 1e-6)
         )
@@ -26,8 +36,16 @@ def reference_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cl
 
 
 def ours_clipped_sum(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float, clipping: str = "auto"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clip: float | dict[str, float],
+    clipping: str = "auto",
+    *,
+    via: str = "optimizer",
 ) -> dict:
+    """Our clipped sum, with the backward pass taken by the optimizer (to the layer outputs
+    only) or by ``loss.backward()``."""
     gen, _ = make_generator(0)
     opt = DPOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.0),
@@ -39,10 +57,15 @@ def ours_clipped_sum(
         generator=gen,
         secure_rng=False,
         clipping=clipping,
+        clipping_mode="per_layer" if isinstance(clip, dict) else "flat",
     )
     opt.zero_grad()
     out = model(x)
-    (nn.functional.cross_entropy(out, y) if len(x) else out.sum()).backward()
+    loss = nn.functional.cross_entropy(out, y) if len(x) else out.sum()
+    if via == "optimizer":
+        opt.backward(loss)
+    else:
+        loss.backward()
     opt.step()
     opt.detach()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}

@@ -11,7 +11,7 @@ from torch import nn
 
 from securetrain.engine import DPOptimizer, make_generator
 from securetrain.engine.clipping import has_fast_strategy
-from securetrain.errors import UnsupportedModelError
+from securetrain.errors import ConfigError, UnsupportedModelError
 from tests.engine_reference import ours_clipped_sum, reference_clipped_sum
 
 
@@ -69,6 +69,32 @@ MODELS = {
         lambda b: torch.randn(b, 5),
     ),
     "transformer": (TinyTransformer, lambda b: torch.randint(0, 11, (b, 6))),
+    # Convolutions the unfolding does not cover: handled per sample by torch.func inside.
+    "grouped-circular-conv": (
+        lambda: nn.Sequential(
+            nn.Conv2d(4, 6, 3, groups=2),
+            nn.Conv2d(6, 2, 3, padding=1, padding_mode="circular"),
+            nn.Flatten(),
+            nn.Linear(2 * 3 * 3, 3),
+        ),
+        lambda b: torch.randn(b, 4, 5, 5),
+    ),
+    # Wide layers over few positions, where the ghost (Gram-matrix) norm is the cheaper one.
+    "ghost-linear-seq": (
+        lambda: nn.Sequential(nn.Linear(40, 30), nn.Tanh(), nn.Flatten(), nn.Linear(90, 3)),
+        lambda b: torch.randn(b, 3, 40),
+    ),
+    "ghost-conv": (
+        lambda: nn.Sequential(
+            nn.Conv2d(16, 32, 3),
+            nn.ReLU(),
+            nn.Flatten(2),
+            nn.Conv1d(32, 24, 2),
+            nn.Flatten(),
+            nn.Linear(24, 3),
+        ),
+        lambda b: torch.randn(b, 16, 3, 4),
+    ),
     "embedding-padding": (
         lambda: nn.Sequential(nn.Embedding(9, 4, padding_idx=0), nn.Flatten(), nn.Linear(20, 3)),
         lambda b: torch.randint(0, 9, (b, 5)),
@@ -89,16 +115,40 @@ def test_every_layer_in_these_models_has_a_fast_strategy(name: str) -> None:
     batch=st.sampled_from([0, 1, 2, 5, 13]),
     clip=st.sampled_from([1e-3, 0.05, 1.0, 1e4]),
     seed=st.integers(0, 2**31 - 1),
+    via=st.sampled_from(["optimizer", "loss"]),
 )
 def test_fast_clipped_sums_equal_the_per_example_loop(
-    name: str, batch: int, clip: float, seed: int
+    name: str, batch: int, clip: float, seed: int, via: str
 ) -> None:
     torch.manual_seed(seed)
     build, inputs = MODELS[name]
     model = build()
     x, y = inputs(batch), torch.randint(0, 3, (batch,))
     expected = reference_clipped_sum(model, x, y, clip)
-    got = ours_clipped_sum(model, x, y, clip, "fast")
+    got = ours_clipped_sum(model, x, y, clip, "fast", via=via)
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(sorted(MODELS)),
+    batch=st.sampled_from([0, 1, 4, 9]),
+    clip=st.sampled_from([1e-3, 0.1, 1e4]),
+    clipping=st.sampled_from(["fast", "generic"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_per_layer_clipping_equals_the_per_example_loop(
+    name: str, batch: int, clip: float, clipping: str, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    build, inputs = MODELS[name]
+    model = build()
+    layers = [n for n, m in model.named_modules() if any(True for _ in m.parameters(False))]
+    bounds = {layer: clip * (1 + i) for i, layer in enumerate(layers)}
+    x, y = inputs(batch), torch.randint(0, 3, (batch,))
+    expected = reference_clipped_sum(model, x, y, bounds)
+    got = ours_clipped_sum(model, x, y, bounds, clipping)
     for n in expected:
         torch.testing.assert_close(got[n], expected[n], atol=1e-5, rtol=1e-5)
 
@@ -125,7 +175,7 @@ def test_fast_and_generic_train_the_same_model_for_the_same_noise() -> None:
         for step in range(5):
             idx = torch.arange(step * 12, step * 12 + 12)
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.backward(nn.functional.cross_entropy(model(x[idx]), y[idx]))
             opt.step()
         results.append({n: p.detach().clone() for n, p in model.named_parameters()})
     for n in results[0]:
@@ -186,9 +236,10 @@ def test_linear_fast_path_materialises_no_per_sample_gradients() -> None:
         clipping="fast",
     )
     x, y = torch.randn(batch, d_in), torch.randint(0, d_out, (batch,))
-    nn.functional.cross_entropy(model(x), y).backward()
-    with Inventory() as inventory:
-        opt.step()
+    for _ in range(2):  # the first step also verifies the tracing; the second is the steady state
+        with Inventory() as inventory:
+            opt.backward(nn.functional.cross_entropy(model(x), y))
+            opt.step()
     assert inventory.shapes, "the step ran no tensor operations"
     per_sample = [
         s
@@ -196,3 +247,78 @@ def test_linear_fast_path_materialises_no_per_sample_gradients() -> None:
         if len(s) >= 3 and s[0] == batch and math.prod(s[1:]) >= d_in * d_out
     ]
     assert per_sample == []
+
+
+def test_per_layer_bounds_set_the_sensitivity_and_reject_bad_input() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    gen, _ = make_generator(0)
+    kwargs = dict(
+        module=model,
+        noise_multiplier=1.0,
+        expected_batch_size=1.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
+        clipping_mode="per_layer",
+    )
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+    split = DPOptimizer(sgd, max_grad_norm=2.0, **kwargs)
+    assert split._bounds == {
+        "0": pytest.approx(2 / math.sqrt(2)),
+        "2": pytest.approx(2 / math.sqrt(2)),
+    }
+    assert split.max_grad_norm == pytest.approx(2.0)
+    split.detach()
+    named = DPOptimizer(sgd, max_grad_norm={"0": 3.0, "2": 4.0}, **kwargs)
+    assert named.max_grad_norm == pytest.approx(5.0)
+    named.detach()
+    with pytest.raises(ConfigError, match=r"unknown \['9'\], missing \['2'\]"):
+        DPOptimizer(sgd, max_grad_norm={"0": 1.0, "9": 1.0}, **kwargs)
+    with pytest.raises(ConfigError, match="layer '2' must be > 0. Found -1.0"):
+        DPOptimizer(sgd, max_grad_norm={"0": 1.0, "2": -1.0}, **kwargs)
+    with pytest.raises(ConfigError, match="needs clipping_mode='per_layer'"):
+        DPOptimizer(sgd, max_grad_norm={"0": 1.0, "2": 1.0}, **{**kwargs, "clipping_mode": "flat"})
+    assert not model[0]._forward_hooks, "a refused optimizer left tracing hooks on the model"
+
+
+def test_backward_refuses_what_is_not_a_scalar_loss() -> None:
+    model = nn.Linear(3, 2)
+    gen, _ = make_generator(0)
+    opt = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        module=model,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=1.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
+    )
+    with pytest.raises(ConfigError, match=r"scalar loss .* Found Tensor of shape \(4, 2\)"):
+        opt.backward(model(torch.randn(4, 3)))
+
+
+def test_per_layer_noise_scales_with_the_root_sum_of_squares_of_the_bounds() -> None:
+    """The sensitivity of per-layer clipping is sqrt(sum C_l²): with bounds 3 and 4 the noise
+    on every coordinate has standard deviation σ·5 (before dividing by the batch size)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Tanh(), nn.Linear(100, 100))
+    gen, _ = make_generator(5)
+    opt = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        module=model,
+        noise_multiplier=0.5,
+        max_grad_norm={"0": 3.0, "2": 4.0},
+        expected_batch_size=2.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
+        clipping_mode="per_layer",
+    )
+    x = torch.randn(4, 100)
+    opt.backward(model(x).sum() * 0.0)  # zero gradients: what is left is the noise
+    opt.step()
+    noise = torch.cat([p.grad.flatten() for p in model.parameters()]) * 2.0
+    assert noise.numel() == 20_200
+    assert abs(noise.std().item() - 0.5 * 5.0) < 0.05
+    assert abs(noise.mean().item()) < 0.05

@@ -29,10 +29,11 @@ def make_private(
     optimizer: Optimizer,
     data_loader: DataLoader[Any],
     noise_multiplier: float,
-    max_grad_norm: float,
+    max_grad_norm: float | dict[str, float],
     loss_reduction: str = "mean",
     seed: int | None = None,
     clipping: str = "auto",
+    clipping_mode: str = "flat",
 ) -> tuple[nn.Module, DPOptimizer, DPDataLoader]:
     """Make a model, optimizer and data loader train with DP-SGD.
 
@@ -41,11 +42,10 @@ def make_private(
     clips per-sample gradients to ``max_grad_norm`` and adds Gaussian noise of standard deviation
     ``noise_multiplier * max_grad_norm``. Noise and sampling are seeded from OS entropy unless
     ``seed`` is given, which makes them predictable (``optimizer.secure_rng`` is then False).
+    ``clipping`` and ``clipping_mode`` (with per-layer bounds) are as for :class:`DPOptimizer`.
     """
     n, per_epoch, sample_rate = _sampling(data_loader)
-    check_privacy_parameters(
-        noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, sample_rate=sample_rate
-    )
+    check_privacy_parameters(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
     generator, secure = make_generator(seed)
     dp_optimizer = DPOptimizer(
         optimizer,
@@ -58,6 +58,7 @@ def make_private(
         secure_rng=secure,
         loss_reduction=loss_reduction,
         clipping=clipping,
+        clipping_mode=clipping_mode,
     )
     loader = DPDataLoader(
         data_loader.dataset,
@@ -77,11 +78,12 @@ def make_private_with_epsilon(
     target_epsilon: float,
     target_delta: float,
     epochs: int,
-    max_grad_norm: float,
+    max_grad_norm: float | dict[str, float],
     accountant: str = "pld",
     loss_reduction: str = "mean",
     seed: int | None = None,
     clipping: str = "auto",
+    clipping_mode: str = "flat",
 ) -> tuple[nn.Module, DPOptimizer, DPDataLoader]:
     """Like :func:`make_private`, with the smallest noise that keeps ``epochs`` passes over the
     loader within ``(target_epsilon, target_delta)``."""
@@ -100,4 +102,5 @@ def make_private_with_epsilon(
         loss_reduction=loss_reduction,
         seed=seed,
         clipping=clipping,
+        clipping_mode=clipping_mode,
     )

@@ -22,14 +22,16 @@ from torch.func import functional_call, grad, vmap
 
 @dataclass
 class LayerTrace:
-    """What one call of a layer left behind: its inputs and the per-sample output gradients.
+    """What one call of a layer left behind: its inputs and the output gradients.
 
-    ``backprops`` is the gradient of the per-sample loss (not of the batch mean) with respect
-    to the layer's output, so its first dimension is the batch.
+    ``backprops`` is the gradient of the loss with respect to the layer's output, so its first
+    dimension is the batch; ``scale`` times it is the gradient of each sample's own loss (the
+    batch size when the loss is a batch mean, else 1).
     """
 
     inputs: tuple[torch.Tensor, ...]
     backprops: torch.Tensor
+    scale: float = 1.0
 
 
 class ClippingStrategy(Protocol):

@@ -19,7 +19,7 @@ from securetrain.engine.clipping import (
     strategy_for,
 )
 from securetrain.engine.noise import gaussian_noise
-from securetrain.engine.tracer import GradientTracer
+from securetrain.engine.tracer import GradientTracer, check_per_sample
 from securetrain.errors import ConfigError, UnsupportedModelError
 from securetrain.privacy.accounting import compute_epsilon
 from securetrain.privacy.events import PoissonGaussianEvent
@@ -29,7 +29,10 @@ _log = logging.getLogger("securetrain.engine")
 
 
 def check_privacy_parameters(
-    *, noise_multiplier: float, max_grad_norm: float, sample_rate: float | None = None
+    *,
+    noise_multiplier: float = 0.0,
+    max_grad_norm: float = 1.0,
+    sample_rate: float | None = None,
 ) -> None:
     if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
         raise ConfigError(f"Noise multiplier must be >= 0. Found {noise_multiplier}.")
@@ -42,18 +45,23 @@ def check_privacy_parameters(
 Sums = dict[str, dict[str, torch.Tensor]]
 
 
+CLIPPING_SCOPES = ("flat", "per_layer")
+
+
 def clipped_sums(
     layers: dict[str, nn.Module],
     traces: dict[str, list[LayerTrace]],
-    max_grad_norm: float,
+    max_grad_norm: float | dict[str, float],
     *,
     mode: str = "auto",
     with_unclipped: bool = False,
 ) -> tuple[Sums, int, Sums | None]:
-    """Sum over samples of the per-sample gradients, each clipped to ``max_grad_norm`` in L2.
+    """Sum over samples of the per-sample gradients, each clipped in L2.
 
-    The norm is taken over all layers together (flat clipping). Returns the sums by layer name
-    and parameter name, the number of samples seen, and (on request) the unclipped sums.
+    With a single ``max_grad_norm`` the norm is taken over all layers together (flat clipping);
+    with a bound per layer name, each layer's part of the gradient is clipped to its own bound
+    (per-layer clipping). Returns the sums by layer name and parameter name, the number of
+    samples seen, and (on request) the unclipped sums.
     """
     prepared: dict[str, tuple[Any, Any]] = {}
     for name, layer_traces in traces.items():
@@ -68,25 +76,59 @@ def clipped_sums(
             prepared[name] = (_GENERIC, {k: sum(p[k] for p in parts) for k in parts[0]})
     if not prepared:
         return {}, 0, None
-    norms_sq = [strategy.squared_norms(state) for strategy, state in prepared.values()]
-    sizes = {n.shape[0] for n in norms_sq}
+    # The strategies see the loss's output gradients; a trace's scale turns them into each
+    # sample's own (for a mean loss), so norms grow by the scale and the sums by the scale.
+    scales = {name: layer_traces[0].scale for name, layer_traces in traces.items()}
+    norms_sq = {name: strategy.squared_norms(state) for name, (strategy, state) in prepared.items()}
+    sizes = {n.shape[0] for n in norms_sq.values()}
     if len(sizes) != 1:
         raise ConfigError(
             f"Layers saw different batch sizes {sorted(sizes)}; per-sample clipping needs every "
             "layer to take the batch in its first dimension."
         )
-    total = torch.stack(norms_sq).sum(0).sqrt()
-    weights = (max_grad_norm / (total + 1e-6)).clamp(max=1.0)
+    if isinstance(max_grad_norm, dict):
+        weights = {
+            name: (max_grad_norm[name] / (n.sqrt() * scales[name] + 1e-6)).clamp(max=1.0)
+            * scales[name]
+            for name, n in norms_sq.items()
+        }
+    else:
+        if len(set(scales.values())) == 1:
+            scale = next(iter(scales.values()))
+            total = torch.stack(list(norms_sq.values())).sum(0).sqrt() * scale
+        else:
+            total = sum(n * scales[name] ** 2 for name, n in norms_sq.items()).sqrt()
+        flat = (max_grad_norm / (total + 1e-6)).clamp(max=1.0)
+        weights = {name: flat * scales[name] for name in norms_sq}
     sums = {
-        name: strategy.weighted_sum(state, weights) for name, (strategy, state) in prepared.items()
+        name: strategy.weighted_sum(state, weights[name])
+        for name, (strategy, state) in prepared.items()
     }
     unclipped = None
     if with_unclipped:
-        ones = torch.ones_like(weights)
         unclipped = {
-            name: strategy.weighted_sum(state, ones) for name, (strategy, state) in prepared.items()
+            name: strategy.weighted_sum(state, torch.full_like(weights[name], scales[name]))
+            for name, (strategy, state) in prepared.items()
         }
-    return sums, int(total.shape[0]), unclipped
+    return sums, sizes.pop(), unclipped
+
+
+def layer_bounds(max_grad_norm: float | dict[str, float], layers: list[str]) -> dict[str, float]:
+    """Per-layer clipping bounds: as given by layer name, or one total bound split equally."""
+    if not isinstance(max_grad_norm, dict):
+        check_privacy_parameters(max_grad_norm=max_grad_norm)
+        return dict.fromkeys(layers, float(max_grad_norm) / math.sqrt(len(layers)))
+    unknown = sorted(set(max_grad_norm) - set(layers))
+    missing = sorted(set(layers) - set(max_grad_norm))
+    if unknown or missing:
+        raise ConfigError(
+            "Per-layer bounds must name every layer with trainable parameters "
+            f"({', '.join(layers)}). Found unknown {unknown}, missing {missing}."
+        )
+    for name, bound in max_grad_norm.items():
+        if not (bound > 0 and math.isfinite(bound)):
+            raise ConfigError(f"Max grad norm of layer '{name}' must be > 0. Found {bound}.")
+    return {name: float(max_grad_norm[name]) for name in layers}
 
 
 class DPOptimizer:
@@ -96,6 +138,15 @@ class DPOptimizer:
     of standard deviation ``noise_multiplier * max_grad_norm`` to every trainable parameter, and
     divides by ``expected_batch_size`` (sample rate times dataset size; never the realised batch
     size, which would leak it). Then the wrapped optimizer steps.
+
+    Call :meth:`backward` with the loss instead of ``loss.backward()``: it takes one backward
+    pass to the layer outputs only, which is all per-sample clipping needs, and skips the
+    parameter gradients that the step would discard. ``loss.backward()`` also works (slower).
+
+    ``clipping_mode="per_layer"`` clips each layer's part of a sample's gradient to its own bound:
+    ``max_grad_norm`` is then a bound per layer name, or one total bound split equally over the
+    layers. Either way the sensitivity, and so the noise scale, is the root sum of squares of the
+    layer bounds, and :attr:`max_grad_norm` reports it.
 
     For logical batches too large for memory, call :meth:`accumulate` after each physical
     batch's backward pass; :meth:`step` then ends the logical batch.
@@ -107,37 +158,40 @@ class DPOptimizer:
         *,
         module: nn.Module,
         noise_multiplier: float,
-        max_grad_norm: float,
+        max_grad_norm: float | dict[str, float],
         expected_batch_size: float,
         sample_rate: float,
         generator: torch.Generator,
         secure_rng: bool,
         loss_reduction: str = "mean",
         clipping: str = "auto",
+        clipping_mode: str = "flat",
     ) -> None:
         if clipping not in CLIPPING_MODES:
             raise ConfigError(
                 f"Clipping must be one of {', '.join(CLIPPING_MODES)}. Found {clipping!r}."
             )
+        if clipping_mode not in CLIPPING_SCOPES:
+            raise ConfigError(
+                f"Clipping mode must be one of {', '.join(CLIPPING_SCOPES)}. "
+                f"Found {clipping_mode!r}."
+            )
+        check_per_sample(module)
+        layers = {name: sub for name, sub in module.named_modules() if own_parameters(sub)}
+        self._bounds: float | dict[str, float]
+        if clipping_mode == "per_layer":
+            self._bounds = layer_bounds(max_grad_norm, list(layers))
+            total = math.sqrt(sum(b * b for b in self._bounds.values()))
+        elif isinstance(max_grad_norm, dict):
+            raise ConfigError("A bound per layer needs clipping_mode='per_layer'.")
+        else:
+            self._bounds = total = float(max_grad_norm)
         check_privacy_parameters(
-            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, sample_rate=sample_rate
+            noise_multiplier=noise_multiplier, max_grad_norm=total, sample_rate=sample_rate
         )
         if not expected_batch_size > 0:
             raise ConfigError(f"Expected batch size must be > 0. Found {expected_batch_size}.")
-        self.original_optimizer = optimizer
-        self.module = module
-        self.noise_multiplier = float(noise_multiplier)
-        self.max_grad_norm = float(max_grad_norm)
-        self.expected_batch_size = float(expected_batch_size)
-        self.sample_rate = float(sample_rate)
-        self.generator = generator
-        self.secure_rng = secure_rng
-        self.steps = 0
-        self.tracer = GradientTracer(module, loss_reduction=loss_reduction)
-        self.clipping = clipping
-        slow = {
-            n: type(m).__name__ for n, m in self.tracer.layers.items() if not has_fast_strategy(m)
-        }
+        slow = {n: type(m).__name__ for n, m in layers.items() if not has_fast_strategy(m)}
         if clipping == "fast" and slow:
             name, kind = next(iter(slow.items()))
             raise UnsupportedModelError(
@@ -149,9 +203,21 @@ class DPOptimizer:
                 "generic (torch.func) per-sample clipping for: %s",
                 ", ".join(f"{n} ({k})" for n, k in slow.items()),
             )
+        self.original_optimizer = optimizer
+        self.module = module
+        self.noise_multiplier = float(noise_multiplier)
+        self.max_grad_norm = total
+        self.expected_batch_size = float(expected_batch_size)
+        self.sample_rate = float(sample_rate)
+        self.generator = generator
+        self.secure_rng = secure_rng
+        self.steps = 0
+        self.clipping = clipping
+        self.clipping_mode = clipping_mode
+        self.tracer = GradientTracer(module, loss_reduction=loss_reduction)
         self._params: dict[tuple[str, str], nn.Parameter] = {
             (layer_name, pname): p
-            for layer_name, layer in self.tracer.layers.items()
+            for layer_name, layer in layers.items()
             for pname, p in own_parameters(layer).items()
         }
         self._summed: dict[tuple[str, str], torch.Tensor] = {}
@@ -177,6 +243,24 @@ class DPOptimizer:
         self.original_optimizer.zero_grad(set_to_none=set_to_none)
         self.tracer.clear()
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` to the traced layers' outputs, which is all clipping needs.
+
+        The first call also computes the parameter gradients once, to verify the tracing."""
+        if not (isinstance(loss, torch.Tensor) and loss.requires_grad and loss.numel() == 1):
+            raise ConfigError(
+                "backward() needs the scalar loss of a forward pass through the model. Found "
+                f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}."
+            )
+        outputs = self.tracer.awaiting_gradients()
+        params = [] if self._verified else [p for p in self._params.values()]
+        if not outputs and not params:
+            return
+        grads = torch.autograd.grad(loss, outputs + params, allow_unused=True)
+        for p, g in zip(params, grads[len(outputs) :], strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+
     def accumulate(self) -> None:
         """Clip the per-sample gradients of the last backward pass(es) and bank their sum."""
         traces = self.tracer.take()
@@ -184,7 +268,7 @@ class DPOptimizer:
             sums, n, unclipped = clipped_sums(
                 self.tracer.layers,
                 traces,
-                self.max_grad_norm,
+                self._bounds,
                 mode=self.clipping,
                 with_unclipped=not self._verified,
             )
@@ -236,8 +320,8 @@ class DPOptimizer:
             summed = self._summed.get(key)
             if summed is None:
                 summed = torch.zeros_like(p)
-            noisy = summed + gaussian_noise(summed, std, self.generator) if std > 0 else summed
-            p.grad = (noisy / self.expected_batch_size).to(p.dtype)
+            noisy = gaussian_noise(summed, std, self.generator).add_(summed) if std > 0 else summed
+            p.grad = noisy.div_(self.expected_batch_size).to(p.dtype)
         self.original_optimizer.step()
         self._summed.clear()
         self.samples_in_batch = 0

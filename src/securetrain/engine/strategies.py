@@ -10,14 +10,19 @@ two is chosen per call. The clipped sum is one weighted matrix product: Σ_i c_i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from securetrain.engine.clipping import LayerTrace, register_clipping
+from securetrain.engine.clipping import GenericStrategy, LayerTrace, register_clipping
 
-Prepared = tuple[nn.Module, torch.Tensor, torch.Tensor]
+_GENERIC = GenericStrategy()
+
+# Unfolded convolution inputs are formed for this many elements at a time, at most, so that
+# per-sample clipping never holds a whole batch of unfolded patches.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def _sequence(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,95 +31,214 @@ def _sequence(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return a.reshape(b, t, a.shape[-1]), g.reshape(b, t, g.shape[-1])
 
 
-def _weight_norms_sq(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """||G_iᵀA_i||² per sample, by the cheaper of the ghost identity and materialisation."""
-    _, t, d_in = a.shape
-    d_out = g.shape[-1]
-    if t == 1:
-        return a.squeeze(1).pow(2).sum(1) * g.squeeze(1).pow(2).sum(1)
-    if t * t * (d_in + d_out) < t * d_in * d_out:
-        return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
-    return torch.bmm(g.transpose(1, 2), a).pow(2).sum((1, 2))
+def _ghost_is_cheaper(t: int, d_in: int, d_out: int) -> bool:
+    """Li et al. (2022): the Gram-matrix norm costs T²(d_in + d_out) per sample, materialising
+    the per-sample gradient costs T·d_in·d_out."""
+    return t * t * (d_in + d_out) < t * d_in * d_out
+
+
+def _needs(module: nn.Module, name: str) -> bool:
+    p = getattr(module, name, None)
+    return isinstance(p, torch.Tensor) and p.requires_grad
+
+
+@dataclass
+class Prepared:
+    """One layer's per-sample state: squared norms, and either the per-sample weight gradients
+    (``per_sample``, B x out x in) or what forms the weighted sum without them (``a``, ``g``)."""
+
+    module: nn.Module
+    norms: torch.Tensor
+    g: torch.Tensor
+    a: torch.Tensor | None = None
+    per_sample: torch.Tensor | None = None
+    padding: tuple[int, ...] = ()  # a convolution's zero padding still to apply to ``a``
 
 
 @register_clipping(nn.Linear)
 class LinearStrategy:
     def prepare(self, module: nn.Module, trace: LayerTrace) -> Prepared:
         a, g = _sequence(trace.inputs[0].to(trace.backprops.dtype), trace.backprops)
-        return module, a, g
+        batch, t, d_in = a.shape
+        state = Prepared(module, a.new_zeros(batch), g, a=a)
+        if _needs(module, "weight"):
+            if t == 1:
+                state.norms = a.squeeze(1).pow(2).sum(1) * g.squeeze(1).pow(2).sum(1)
+            elif _ghost_is_cheaper(t, d_in, g.shape[-1]):
+                gram = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
+                state.norms = gram.sum((1, 2))
+            else:
+                state.per_sample = torch.bmm(g.transpose(1, 2), a)
+                state.norms = state.per_sample.pow(2).sum((1, 2))
+                state.a = None
+        if _needs(module, "bias"):
+            state.norms = state.norms + g.sum(1).pow(2).sum(1)
+        return state
 
     def squared_norms(self, prepared: Prepared) -> torch.Tensor:
-        module, a, g = prepared
-        norms = _weight_norms_sq(a, g) if module.weight.requires_grad else a.new_zeros(a.shape[0])
-        if module.bias is not None and module.bias.requires_grad:
-            norms = norms + g.sum(1).pow(2).sum(1)
-        return norms
+        return prepared.norms
 
     def weighted_sum(self, prepared: Prepared, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        module, a, g = prepared
-        gw = g * weights[:, None, None]
+        module, g = prepared.module, prepared.g
         out = {}
-        if module.weight.requires_grad:
-            out["weight"] = torch.einsum("bto,bti->oi", gw, a)
-        if module.bias is not None and module.bias.requires_grad:
-            out["bias"] = gw.sum((0, 1))
+        if prepared.per_sample is not None:
+            out["weight"] = torch.tensordot(weights, prepared.per_sample, dims=1)
+        elif prepared.a is not None and _needs(module, "weight"):
+            gw = (g * weights[:, None, None]).reshape(-1, g.shape[-1])
+            out["weight"] = gw.t() @ prepared.a.reshape(-1, prepared.a.shape[-1])
+        if _needs(module, "bias"):
+            out["bias"] = weights @ g.sum(1)
         return out
 
 
-def _unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Columns of a convolution's input, (B, L, C_in/groups·k…), for groups == 1."""
-    if isinstance(module, nn.Conv1d):
-        x = x.unsqueeze(-2)
-        kernel, stride, padding, dilation = (
-            (1, *module.kernel_size),
-            (1, *module.stride),
-            (0, *module.padding),
-            (1, *module.dilation),
-        )
-    else:
-        kernel, stride, padding, dilation = (
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-        )
-    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-    return cols.transpose(1, 2)
+def _unfold(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, padding: list[int]) -> torch.Tensor:
+    """Input patches of a convolution with groups == 1, (B, C_in·k…, L), gathered by one
+    strided copy (faster than ``F.unfold``, which loops over the batch)."""
+    nd = x.dim() - 2
+    if any(padding):
+        x = F.pad(x, [p for p in reversed(padding) for _ in range(2)])
+    for i in range(nd):
+        span = module.dilation[i] * (module.kernel_size[i] - 1) + 1
+        x = x.unfold(2 + i, span, module.stride[i])
+    x = x[(..., *(slice(None, None, d) for d in module.dilation))]
+    positions = math.prod(x.shape[2 : 2 + nd])
+    x = x.permute(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))
+    return x.reshape(x.shape[0], -1, positions)
+
+
+def _padded(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The input with any non-zero padding mode applied, and the zero padding still to apply."""
+    if conv.padding_mode == "zeros":
+        return x, list(conv.padding)  # type: ignore[arg-type]
+    pad = [p for p in reversed(conv.padding) for _ in range(2)]  # type: ignore[arg-type]
+    return F.pad(x, pad, mode=conv.padding_mode), [0] * len(conv.padding)
+
+
+def _per_sample_by_groups(
+    conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor, g: torch.Tensor, padding: list[int]
+) -> torch.Tensor:
+    """Per-sample weight gradients, (B, C_out, C_in/groups·k…), as the weight gradient of one
+    convolution with the batch folded into the channels (one group per sample and group)."""
+    batch = x.shape[0]
+    weight = conv.weight.detach()
+    folded = weight.new_empty((batch * weight.shape[0], *weight.shape[1:]))
+    per = torch.ops.aten.convolution_backward(
+        g.reshape(1, batch * g.shape[1], *g.shape[2:]),
+        x.reshape(1, batch * x.shape[1], *x.shape[2:]),
+        folded,
+        None,
+        conv.stride,
+        padding,
+        conv.dilation,
+        False,
+        [0] * len(padding),
+        batch * conv.groups,
+        [False, True, False],
+    )[1]
+    return per.reshape(batch, weight.shape[0], -1)
 
 
 @register_clipping(nn.Conv1d, nn.Conv2d)
 class ConvStrategy:
-    """Convolutions as matrix products over unfolded input patches (groups = 1, zero padding)."""
+    """Per-sample convolution gradients without a per-sample loop. By cost (as for Linear):
+    ghost norms from the Gram matrices of unfolded input patches, with the clipped sum as one
+    weight-gradient convolution; or materialised per-sample gradients, formed by one convolution
+    with the batch folded into the groups, or (few input channels over many positions, where
+    that is slow) by unfolding. Patches are unfolded a few samples at a time."""
 
-    def prepare(self, module: nn.Module, trace: LayerTrace) -> Prepared:
+    def prepare(self, module: nn.Module, trace: LayerTrace) -> Prepared | dict[str, torch.Tensor]:
         conv = module
         assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
-        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            from securetrain.engine.clipping import GenericStrategy
+        if isinstance(conv.padding, str):
+            return _GENERIC.prepare(conv, trace)
+        x, padding = _padded(conv, trace.inputs[0].to(trace.backprops.dtype))
+        g = trace.backprops
+        batch, d_out, length = g.shape[0], g.shape[1], math.prod(g.shape[2:])
+        d_in = math.prod(conv.weight.shape[1:])
+        state = Prepared(conv, g.new_zeros(batch), g, a=x, padding=(*padding,))
+        if _needs(conv, "weight") and batch:
+            unfoldable = conv.groups == 1
+            if unfoldable and _ghost_is_cheaper(length, d_in, d_out):
+                state.norms = self._ghost_norms(conv, x, g, padding)
+            else:
+                if unfoldable and conv.in_channels < 4 and length > 256:
+                    state.per_sample = self._unfolded_per_sample(conv, x, g, padding)
+                else:
+                    state.per_sample = _per_sample_by_groups(conv, x, g, padding)
+                state.norms = state.per_sample.pow(2).sum((1, 2))
+                state.a = None
+        if _needs(conv, "bias"):
+            state.norms = state.norms + g.flatten(2).sum(2).pow(2).sum(1)
+        return state
 
-            return (conv, GenericStrategy().prepare(conv, trace), None)  # type: ignore[return-value]
-        a = _unfold(conv, trace.inputs[0].to(trace.backprops.dtype))
-        gb = trace.backprops
-        g = gb.reshape(gb.shape[0], gb.shape[1], math.prod(gb.shape[2:])).transpose(1, 2)
-        return conv, a, g
+    @staticmethod
+    def _chunks(batch: int, per_sample_elements: int) -> range:
+        return range(0, batch, max(1, _CHUNK_ELEMENTS // per_sample_elements))
 
-    def squared_norms(self, prepared: Prepared) -> torch.Tensor:
-        module, a, g = prepared
-        if g is None:  # generic fallback for grouped or non-zero-padded convolutions
-            return sum(v.flatten(1).pow(2).sum(1) for v in a.values())  # type: ignore[union-attr]
-        norms = _weight_norms_sq(a, g)
-        if module.bias is not None:
-            norms = norms + g.sum(1).pow(2).sum(1)
-        return norms
+    def _ghost_norms(
+        self, conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor, g: torch.Tensor, padding: list[int]
+    ) -> torch.Tensor:
+        g = g.flatten(2)
+        length, d_in = g.shape[2], math.prod(conv.weight.shape[1:])
+        chunks = self._chunks(g.shape[0], length * (d_in + length))
+        step = chunks.step
+        norms = []
+        for lo in chunks:
+            cols = _unfold(conv, x[lo : lo + step], padding)
+            gc = g[lo : lo + step]
+            gram = torch.bmm(cols.transpose(1, 2), cols)
+            norms.append((gram * torch.bmm(gc.transpose(1, 2), gc)).sum((1, 2)))
+        return torch.cat(norms)
 
-    def weighted_sum(self, prepared: Prepared, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        module, a, g = prepared
-        if g is None:
-            return {n: torch.tensordot(weights, v, dims=1) for n, v in a.items()}  # type: ignore[union-attr]
-        gw = g * weights[:, None, None]
-        out = {"weight": torch.einsum("blo,bli->oi", gw, a).reshape(module.weight.shape)}
-        if module.bias is not None:
-            out["bias"] = gw.sum((0, 1))
+    def _unfolded_per_sample(
+        self, conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor, g: torch.Tensor, padding: list[int]
+    ) -> torch.Tensor:
+        g = g.flatten(2)
+        chunks = self._chunks(g.shape[0], g.shape[2] * math.prod(conv.weight.shape[1:]))
+        step = chunks.step
+        return torch.cat(
+            [
+                torch.bmm(
+                    g[lo : lo + step], _unfold(conv, x[lo : lo + step], padding).transpose(1, 2)
+                )
+                for lo in chunks
+            ]
+        )
+
+    def squared_norms(self, prepared: Prepared | dict[str, torch.Tensor]) -> torch.Tensor:
+        if isinstance(prepared, dict):
+            return _GENERIC.squared_norms(prepared)
+        return prepared.norms
+
+    def weighted_sum(
+        self, prepared: Prepared | dict[str, torch.Tensor], weights: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        if isinstance(prepared, dict):
+            return _GENERIC.weighted_sum(prepared, weights)
+        conv, g = prepared.module, prepared.g
+        assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
+        out = {}
+        if prepared.per_sample is not None:
+            out["weight"] = torch.tensordot(weights, prepared.per_sample, dims=1).reshape(
+                conv.weight.shape
+            )
+        elif prepared.a is not None and _needs(conv, "weight"):
+            padding = list(prepared.padding)
+            out["weight"] = torch.ops.aten.convolution_backward(
+                g * weights.reshape(-1, *([1] * (g.dim() - 1))),
+                prepared.a,
+                conv.weight.detach(),
+                None,
+                conv.stride,
+                padding,
+                conv.dilation,
+                False,
+                [0] * len(padding),
+                conv.groups,
+                [False, True, False],
+            )[1]
+        if _needs(conv, "bias"):
+            out["bias"] = weights @ g.flatten(2).sum(2)
         return out
 
 

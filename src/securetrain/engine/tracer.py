@@ -30,18 +30,20 @@ def check_per_sample(module: nn.Module) -> None:
 
 
 class _Pending:
-    __slots__ = ("inputs", "backprops")
+    __slots__ = ("inputs", "output", "backprops", "scale")
 
-    def __init__(self, inputs: tuple[torch.Tensor, ...]) -> None:
+    def __init__(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         self.inputs = inputs
+        self.output: torch.Tensor | None = output  # held until its gradient arrives
         self.backprops: torch.Tensor | None = None
+        self.scale = 1.0
 
 
 class GradientTracer:
     """Records each parametrised layer's inputs and per-sample output gradients.
 
-    ``loss_reduction`` says how the loss was reduced over the batch: with ``"mean"`` the output
-    gradients are multiplied back by the batch size to give per-sample loss gradients.
+    ``loss_reduction`` says how the loss was reduced over the batch: with ``"mean"`` the traces
+    carry the batch size as the factor that turns output gradients into per-sample ones.
     """
 
     def __init__(self, module: nn.Module, *, loss_reduction: str = "mean") -> None:
@@ -74,22 +76,36 @@ class GradientTracer:
                 )
             if not output.requires_grad:
                 return
-            entry = _Pending(tuple(a.detach() for a in args))
+            entry = _Pending(tuple(a.detach() for a in args), output)
             self._pending[name].append(entry)
-            batch = output.shape[0]
+            if self.loss_reduction == "mean":
+                entry.scale = float(output.shape[0])
 
             def on_grad(g: torch.Tensor) -> None:
-                g = g.detach()
-                entry.backprops = g * batch if self.loss_reduction == "mean" else g
+                entry.backprops = g.detach()
+                entry.output = None
 
             output.register_hook(on_grad)
 
         return hook
 
+    def awaiting_gradients(self) -> list[torch.Tensor]:
+        """The recorded layer outputs whose gradients have not arrived yet."""
+        return [
+            e.output
+            for entries in self._pending.values()
+            for e in entries
+            if e.backprops is None and e.output is not None
+        ]
+
     def take(self) -> dict[str, list[LayerTrace]]:
         """The complete traces since the last call, by layer name; forgets everything recorded."""
         out = {
-            name: [LayerTrace(e.inputs, e.backprops) for e in entries if e.backprops is not None]
+            name: [
+                LayerTrace(e.inputs, e.backprops, e.scale)
+                for e in entries
+                if e.backprops is not None
+            ]
             for name, entries in self._pending.items()
         }
         self.clear()

@@ -202,7 +202,7 @@ def _train_dp(
                 continue
             idx = torch.tensor(chunk, dtype=torch.long)
             loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
+            optimizer.backward(loss)
             optimizer.accumulate()
             total_loss += loss.item() * len(chunk)
             seen += len(chunk)
