@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parents[1]
 
 
@@ -35,8 +33,18 @@ def test_sealed_io_smoke() -> None:
     assert figures["training"]["train_from_sealed_s"] > 0
 
 
-@pytest.mark.parametrize("model", ["mlp_64_256_256_2", "cnn_digits_8x8"])
-def test_engine_speed_smoke(model: str) -> None:
-    speeds = run_smoke("engine_speed.py")[model]["samples_per_s"]
-    assert set(speeds) == {"non_private", "opacus_hooks", "securetrain_generic", "securetrain_fast"}
-    assert all(v > 0 for v in speeds.values())
+def test_engine_speed_smoke() -> None:
+    figures = run_smoke("engine_speed.py")
+    models = {"mlp_64_256_256_2", "cnn_digits_8x8", "cnn_32x32", "transformer_seq32"}
+    assert models <= set(figures)
+    modes = {
+        "non_private",
+        "opacus_hooks",
+        "opacus_ghost",
+        "securetrain_generic",
+        "securetrain_fast",
+    }
+    for model in models:
+        assert set(figures[model]["samples_per_s"]) == modes
+        assert all(v > 0 for v in figures[model]["samples_per_s"].values())
+        assert all(v > 0 for v in figures[model]["peak_memory_mib"].values())
