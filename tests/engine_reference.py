@@ -8,6 +8,23 @@ from torch import nn
 from securetrain.engine import DPOptimizer, make_generator
 
 
+def seeded_optimizer(
+    model: nn.Module, *, lr: float = 0.0, seed: int = 0, **settings
+) -> DPOptimizer:
+    """A DPOptimizer over SGD with a seeded generator; ``settings`` override the defaults."""
+    gen, _ = make_generator(seed)
+    defaults = dict(
+        noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=1.0, sample_rate=0.5
+    )
+    return DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=lr),
+        module=model,
+        generator=gen,
+        secure_rng=False,
+        **(defaults | settings),
+    )
+
+
 def reference_clipped_sum(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float | dict[str, float]
 ) -> dict:
@@ -46,16 +63,12 @@ def ours_clipped_sum(
 ) -> dict:
     """Our clipped sum, with the backward pass taken by the optimizer (to the layer outputs
     only) or by ``loss.backward()``."""
-    gen, _ = make_generator(0)
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        module=model,
+    opt = seeded_optimizer(
+        model,
         noise_multiplier=0.0,
         max_grad_norm=clip,
         expected_batch_size=1.0,
         sample_rate=0.5,
-        generator=gen,
-        secure_rng=False,
         clipping=clipping,
         clipping_mode="per_layer" if isinstance(clip, dict) else "flat",
     )

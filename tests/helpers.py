@@ -54,3 +54,12 @@ def patients_table(n: int = 6000, seed: int = 0, canary_row: int | None = 17) ->
 def write_csv(table: pa.Table, path: Path) -> Path:
     pacsv.write_csv(table, path)
     return path
+
+
+def one_error_line(result, code: int, *expected: str) -> None:
+    """One line, ``error: ...``, containing one of the expected phrases."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert any(e in lines[0] for e in expected), lines[0]
+    assert "Traceback" not in result.stderr

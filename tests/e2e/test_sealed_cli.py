@@ -11,16 +11,7 @@ import pytest
 
 from securetrain.crypto import generate_keyset, provider_for_keydir
 from securetrain.sealed import seal_table
-from tests.helpers import patients_table, run_cli, write_csv
-
-
-def _one_error_line(result, code: int, *expected: str) -> None:
-    """One line, ``error: ...``, containing one of the expected phrases."""
-    assert result.returncode == code, (result.returncode, result.stderr)
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert any(e in lines[0] for e in expected), lines[0]
-    assert "Traceback" not in result.stderr
+from tests.helpers import one_error_line, patients_table, run_cli, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +43,12 @@ def test_one_flipped_byte_fails_verify_and_train(sealed_csv, tmp_path: Path, tar
     _flip(copy / target, 1234)
     pub = str(keys / "signing.pub.pem")
     failed = ("signature verification failed", "is damaged")
-    _one_error_line(run_cli("verify", str(copy), "--public-key", pub), 3, *failed)
+    one_error_line(run_cli("verify", str(copy), "--public-key", pub), 3, *failed)
     out = tmp_path / "model"
     r = run_cli(
         "train", "--data", str(copy), "--key", str(keys), "--epsilon", "1", "--out", str(out)
     )
-    _one_error_line(r, 3, *failed)
+    one_error_line(r, 3, *failed)
     assert not out.exists()
 
 
@@ -92,12 +83,12 @@ def test_train_from_sealed_signs_the_bundle_and_a_flipped_byte_fails_verify_and_
 
         shutil.copytree(out, bad)
         _flip(bad / name, 200)
-        _one_error_line(
+        one_error_line(
             run_cli("verify", str(bad), "--public-key", pub), 3, "signature verification failed"
         )
         p2 = tmp_path / f"p-{name}.csv"
         r = run_cli("predict", str(bad), "--data", str(csv), "--out", str(p2), "--public-key", pub)
-        _one_error_line(r, 3, "signature verification failed")
+        one_error_line(r, 3, "signature verification failed")
         assert not p2.exists()
 
 
@@ -123,7 +114,7 @@ def test_unsigned_bundle_needs_allow_unsigned(tmp_path: Path) -> None:
     d = load_breast_cancer()
     write_csv(pa.table({str(n): d.data[:, i] for i, n in enumerate(d.feature_names)}), data)
     r = run_cli("predict", str(out), "--data", str(data), "--out", str(tmp_path / "p.csv"))
-    _one_error_line(r, 3, "is not signed; give --allow-unsigned")
+    one_error_line(r, 3, "is not signed; give --allow-unsigned")
     r = run_cli(
         "predict",
         str(out),
@@ -150,7 +141,7 @@ def test_wrong_key_and_wrong_passphrase(sealed_csv, tmp_path: Path) -> None:
         "--out",
         str(tmp_path / "x.parquet"),
     )
-    _one_error_line(r, 3, "decryption failed")
+    one_error_line(r, 3, "decryption failed")
     assert not (tmp_path / "x.parquet").exists()
     r = run_cli(
         "train",
@@ -165,7 +156,7 @@ def test_wrong_key_and_wrong_passphrase(sealed_csv, tmp_path: Path) -> None:
         "--out",
         str(tmp_path / "m"),
     )
-    _one_error_line(r, 3, "decryption failed")
+    one_error_line(r, 3, "decryption failed")
     # A passphrase-protected key set, opened with the wrong passphrase.
     pw = tmp_path / "pw"
     env = {"ST_PASS": "correct horse battery"}
@@ -202,9 +193,9 @@ def test_wrong_key_and_wrong_passphrase(sealed_csv, tmp_path: Path) -> None:
         str(tmp_path / "y.parquet"),
         env={"ST_PASS": "wrong horse"},
     )
-    _one_error_line(r, 3, "decryption failed")
+    one_error_line(r, 3, "decryption failed")
     r = run_cli("unseal", str(s2), "--key", str(pw), "--out", str(tmp_path / "y.parquet"))
-    _one_error_line(r, 2, "protected by a passphrase")
+    one_error_line(r, 2, "protected by a passphrase")
 
 
 def test_group_readable_key_is_refused_by_the_cli(sealed_csv, tmp_path: Path) -> None:
@@ -215,7 +206,7 @@ def test_group_readable_key_is_refused_by_the_cli(sealed_csv, tmp_path: Path) ->
     shutil.copytree(keys, loose)
     os.chmod(loose / "master.key", 0o644)
     r = run_cli("unseal", str(sealed), "--key", str(loose), "--out", str(tmp_path / "z.parquet"))
-    _one_error_line(r, 2, "accessible by group or others (mode 0644)")
+    one_error_line(r, 2, "accessible by group or others (mode 0644)")
 
 
 def test_no_plaintext_on_disk_when_training_from_sealed_data(tmp_path: Path) -> None:

@@ -6,8 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from securetrain.engine import DPOptimizer, make_generator
-from tests.engine_reference import ours_clipped_sum, reference_clipped_sum
+from tests.engine_reference import ours_clipped_sum, reference_clipped_sum, seeded_optimizer
 
 
 def mlp() -> nn.Module:
@@ -110,16 +109,12 @@ def test_physical_batches_accumulate_to_the_logical_batch() -> None:
     model = mlp()
     x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
     expected = reference_clipped_sum(model, x, y, 0.5)
-    gen, _ = make_generator(0)
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        module=model,
+    opt = seeded_optimizer(
+        model,
         noise_multiplier=0.0,
         max_grad_norm=0.5,
         expected_batch_size=1.0,
         sample_rate=0.5,
-        generator=gen,
-        secure_rng=False,
     )
     for part in (slice(0, 7), slice(7, 8), slice(8, 20)):
         opt.zero_grad()

@@ -12,7 +12,7 @@ from torch import nn
 from securetrain.engine import DPOptimizer, make_generator
 from securetrain.engine.clipping import has_fast_strategy
 from securetrain.errors import ConfigError, UnsupportedModelError
-from tests.engine_reference import ours_clipped_sum, reference_clipped_sum
+from tests.engine_reference import ours_clipped_sum, reference_clipped_sum, seeded_optimizer
 
 
 class TinyTransformer(nn.Module):
@@ -160,16 +160,14 @@ def test_fast_and_generic_train_the_same_model_for_the_same_noise() -> None:
     for mode in ("fast", "generic"):
         torch.manual_seed(1)
         model = TinyTransformer()
-        gen, _ = make_generator(123)
-        opt = DPOptimizer(
-            torch.optim.SGD(model.parameters(), lr=0.5),
-            module=model,
+        opt = seeded_optimizer(
+            model,
+            seed=123,
+            lr=0.5,
             noise_multiplier=1.0,
             max_grad_norm=0.5,
             expected_batch_size=16,
             sample_rate=0.25,
-            generator=gen,
-            secure_rng=False,
             clipping=mode,
         )
         for step in range(5):
@@ -223,16 +221,12 @@ def test_linear_fast_path_materialises_no_per_sample_gradients() -> None:
 
     batch, d_in, d_out = 32, 50, 40
     model = nn.Linear(d_in, d_out)
-    gen, _ = make_generator(0)
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        module=model,
+    opt = seeded_optimizer(
+        model,
         noise_multiplier=1.0,
         max_grad_norm=1.0,
         expected_batch_size=32.0,
         sample_rate=0.5,
-        generator=gen,
-        secure_rng=False,
         clipping="fast",
     )
     x, y = torch.randn(batch, d_in), torch.randint(0, d_out, (batch,))
@@ -283,16 +277,12 @@ def test_per_layer_bounds_set_the_sensitivity_and_reject_bad_input() -> None:
 
 def test_backward_refuses_what_is_not_a_scalar_loss() -> None:
     model = nn.Linear(3, 2)
-    gen, _ = make_generator(0)
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        module=model,
+    opt = seeded_optimizer(
+        model,
         noise_multiplier=1.0,
         max_grad_norm=1.0,
         expected_batch_size=1.0,
         sample_rate=0.5,
-        generator=gen,
-        secure_rng=False,
     )
     with pytest.raises(ConfigError, match=r"scalar loss .* Found Tensor of shape \(4, 2\)"):
         opt.backward(model(torch.randn(4, 3)))
@@ -303,16 +293,13 @@ def test_per_layer_noise_scales_with_the_root_sum_of_squares_of_the_bounds() -> 
     on every coordinate has standard deviation σ·5 (before dividing by the batch size)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(100, 100), nn.Tanh(), nn.Linear(100, 100))
-    gen, _ = make_generator(5)
-    opt = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        module=model,
+    opt = seeded_optimizer(
+        model,
+        seed=5,
         noise_multiplier=0.5,
         max_grad_norm={"0": 3.0, "2": 4.0},
         expected_batch_size=2.0,
         sample_rate=0.5,
-        generator=gen,
-        secure_rng=False,
         clipping_mode="per_layer",
     )
     x = torch.randn(4, 100)

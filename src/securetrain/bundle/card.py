@@ -61,6 +61,7 @@ class DataSection(BaseModel):
     sha256: str
     split: dict[str, Any]
     sealed: dict[str, str] | None = None
+    screening: dict[str, Any] | None = None
 
 
 class ModelCard(BaseModel):

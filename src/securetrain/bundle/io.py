@@ -7,9 +7,6 @@ never leaves a half-written bundle behind.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from securetrain.bundle.card import CARD_FORMAT, ModelCard
 from securetrain.crypto.keys import fingerprint, public_key_of
 from securetrain.crypto.signing import sign_directory, verify_directory
 from securetrain.errors import DataError
+from securetrain.outputs import write_dir_atomic
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
@@ -39,38 +37,21 @@ class Signer:
         return fingerprint(public_key_of(self.private_key, self.passphrase))
 
 
-def check_output_dir(out: Path) -> None:
-    """Refuse to overwrite: an existing non-empty directory or a file at ``out``."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(
-            f"Output path already exists: {str(out)!r}; choose another --out or remove it."
-        )
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise DataError(f"Output directory's parent does not exist: {str(parent)!r}.")
-
-
 def write_bundle(
     out: Path, state: dict[str, torch.Tensor], card: ModelCard, *, signer: Signer | None = None
 ) -> Path:
     """Write weights and card, sign them in the OpenSSF model-signing format (``model.sig``)
     when a signer is given, then move the finished bundle into place."""
-    check_output_dir(out)
-    parent = out.resolve().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS))
         (tmp / CARD).write_text(
             json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
         )
         if signer is not None:
             sign_directory(tmp, signer.private_key, SIGNATURE, passphrase=signer.passphrase)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir_atomic(out, fill)
     return out
 
 

@@ -7,11 +7,13 @@ import sys
 import typer
 from rich.markup import escape
 
+from securetrain.cli.audit import audit_command
 from securetrain.cli.common import audit, err_console
 from securetrain.cli.demo import demo_command
 from securetrain.cli.keys import keys_app
 from securetrain.cli.ledger import budget_app, log_app
 from securetrain.cli.predict import predict_command
+from securetrain.cli.screen import screen_command
 from securetrain.cli.sealed import inspect_command, seal_command, unseal_command, verify_command
 from securetrain.cli.train import train_command
 from securetrain.errors import BudgetExceeded, SecureTrainError, SecurityError
@@ -34,6 +36,8 @@ app.command("verify")(verify_command)
 app.command("unseal")(unseal_command)
 app.command("train")(train_command)
 app.command("predict")(predict_command)
+app.command("screen")(screen_command)
+app.command("audit")(audit_command)
 app.command("demo")(demo_command)
 
 EXIT_USER_ERROR = 2

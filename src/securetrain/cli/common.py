@@ -4,12 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from securetrain.store import Store, record
 from securetrain.train import StepInfo
+
+PassphraseOption = Annotated[
+    str | None, typer.Option(help="Environment variable holding the key set's passphrase.")
+]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Database URL (default: SECURETRAIN_STORE, else SQLite under SECURETRAIN_HOME)."
+    ),
+]
+KeySetOption = Annotated[
+    Path | None,
+    typer.Option("--key", help="Key set: decrypts sealed data; its public key checks signatures."),
+]
+DataPublicKeyOption = Annotated[
+    Path | None,
+    typer.Option(help="Public key that signed the sealed data (default: the key set's)."),
+]
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)

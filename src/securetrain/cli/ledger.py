@@ -10,20 +10,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from securetrain.cli.common import console
+from securetrain.cli.common import StoreOption, console
 from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.sealed import SIGNATURE, read_header
 from securetrain.store import Store, entries, export_checkpoint, ledger, verify_log
 
 budget_app = typer.Typer(help="Privacy budgets per sealed dataset.", no_args_is_help=True)
 log_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
-
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Database URL (default: SECURETRAIN_STORE, else SQLite under SECURETRAIN_HOME)."
-    ),
-]
 
 
 @budget_app.command("set")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from securetrain.bundle import CARD, SIGNATURE, verify_bundle
-from securetrain.cli.common import audit, console
+from securetrain.cli.common import PassphraseOption, audit, console
 from securetrain.crypto import (
     KeySetPaths,
     passphrase_from_env,
@@ -23,14 +21,12 @@ from securetrain.crypto import (
 )
 from securetrain.data import Schema, load_table
 from securetrain.errors import DataError
+from securetrain.outputs import check_new_file, write_path_atomic
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import is_sealed, open_sealed, read_header, seal_table, verify_sealed
 
 KeyOption = Annotated[
     Path, typer.Option("--key", help="Key set directory (from `securetrain keys new`).")
-]
-PassphraseOption = Annotated[
-    str | None, typer.Option(help="Environment variable holding the key set's passphrase.")
 ]
 
 
@@ -138,22 +134,10 @@ def unseal_command(
     passphrase_env: PassphraseOption = None,
 ) -> None:
     """Decrypt a sealed dataset to a Parquet file: plaintext on disk, for the data owner only."""
-    if out.exists():
-        raise DataError(
-            f"Output file already exists: {str(out)!r}; choose another --out or remove it."
-        )
-    if not out.resolve().parent.is_dir():
-        raise DataError(f"Output directory does not exist: {str(out.resolve().parent)!r}.")
+    check_new_file(out)
     passphrase = passphrase_from_env(passphrase_env)
     header = verify_sealed(path, public_key or KeySetPaths(key).public_key)
     _, table = open_sealed(path, keys=provider_for_keydir(key, passphrase))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_path_atomic(out, lambda tmp: pq.write_table(table, tmp))
     audit("dataset.unsealed", str(path), {"out": str(out), "dataset_id": header.dataset_id})
     console.print(f"wrote {table.num_rows} rows to {escape(str(out))} (plaintext)")

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from securetrain.cli.common import audit, console, err_console, training_progress
+from securetrain.cli.common import (
+    DataPublicKeyOption,
+    KeySetOption,
+    PassphraseOption,
+    StoreOption,
+    audit,
+    console,
+    err_console,
+    training_progress,
+)
+from securetrain.errors import ConfigError
+from securetrain.screening import SCREEN_MODES
 from securetrain.train import NO_DP_WARNING, TrainConfig, TrainResult, train
 
 
@@ -38,6 +49,12 @@ def print_summary(result: TrainResult) -> None:
     console.print(f"test accuracy {acc:.4f}{auc}" if acc is not None else "no test rows")
     signed = f", signed by {card.signing['signer']}" if card.signing else ", unsigned"
     console.print(f"bundle: {escape(str(result.bundle))}{signed}")
+
+
+def _screen_mode(value: str) -> str:
+    if value not in SCREEN_MODES:
+        raise ConfigError(f"--screen must be one of {', '.join(SCREEN_MODES)}. Found {value!r}.")
+    return value
 
 
 def train_command(
@@ -82,30 +99,23 @@ def train_command(
     no_dp: Annotated[
         bool, typer.Option("--no-dp", help="Train WITHOUT privacy: baselines only.")
     ] = False,
-    key: Annotated[
-        Path | None,
-        typer.Option("--key", help="Key set: decrypts sealed data and signs the bundle."),
-    ] = None,
-    passphrase_env: Annotated[
-        str | None, typer.Option(help="Environment variable holding the key set's passphrase.")
-    ] = None,
-    public_key: Annotated[
-        Path | None,
-        typer.Option(help="Public key that signed the sealed data (default: the key set's)."),
-    ] = None,
+    key: KeySetOption = None,
+    passphrase_env: PassphraseOption = None,
+    public_key: DataPublicKeyOption = None,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="Write an encrypted checkpoint every N steps (sealed data).")
     ] = None,
     resume: Annotated[
         str | None, typer.Option(help="Continue a crashed run (its id) from its last checkpoint.")
     ] = None,
-    store: Annotated[
-        str | None,
-        typer.Option(help="Ledger database URL (default: SQLite under SECURETRAIN_HOME)."),
-    ] = None,
+    store: StoreOption = None,
     sign_key: Annotated[
         Path | None, typer.Option(help="Sign the bundle with this key instead of the key set's.")
     ] = None,
+    screen: Annotated[
+        str,
+        typer.Option(help="Screen the data first: drop flagged rows, warn about them, or off."),
+    ] = "warn",
 ) -> None:
     """Train a model with DP-SGD and write a bundle (weights + model card)."""
     config = TrainConfig(
@@ -133,6 +143,7 @@ def train_command(
         store=store,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        screen=_screen_mode(screen),
     )
     if resume is None:
         config.validate_choices()
@@ -162,5 +173,13 @@ def train_command(
     if result.card.signing is None:
         err_console.print(
             "[yellow]warning: the bundle is not signed (give --key or --sign-key)[/yellow]"
+        )
+    screening = result.card.data.screening
+    if screening and screening["flagged"]:
+        found = ", ".join(f"{k} {v}" for k, v in screening["by_check"].items() if v)
+        verb = "dropped" if screening["mode"] == "drop" else "kept (--screen drop removes them)"
+        err_console.print(
+            f"[yellow]warning: screening flagged {screening['flagged']} of "
+            f"{screening['n_rows']} rows ({found}); {verb}. Details: securetrain screen[/yellow]"
         )
     print_summary(result)

@@ -121,21 +121,39 @@ def _per_sample_by_groups(
     convolution with the batch folded into the channels (one group per sample and group)."""
     batch = x.shape[0]
     weight = conv.weight.detach()
-    folded = weight.new_empty((batch * weight.shape[0], *weight.shape[1:]))
-    per = torch.ops.aten.convolution_backward(
+    per = _weight_gradient(
+        conv,
         g.reshape(1, batch * g.shape[1], *g.shape[2:]),
         x.reshape(1, batch * x.shape[1], *x.shape[2:]),
-        folded,
+        weight.new_empty((batch * weight.shape[0], *weight.shape[1:])),
+        padding,
+        batch * conv.groups,
+    )
+    return per.reshape(batch, weight.shape[0], -1)
+
+
+def _weight_gradient(
+    conv: nn.Conv1d | nn.Conv2d,
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    padding: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """The weight gradient of ``conv`` (with this weight shape, padding and groups) alone."""
+    return torch.ops.aten.convolution_backward(
+        grad_out,
+        x,
+        weight,
         None,
         conv.stride,
         padding,
         conv.dilation,
         False,
         [0] * len(padding),
-        batch * conv.groups,
+        groups,
         [False, True, False],
     )[1]
-    return per.reshape(batch, weight.shape[0], -1)
 
 
 @register_clipping(nn.Conv1d, nn.Conv2d)
@@ -223,20 +241,14 @@ class ConvStrategy:
                 conv.weight.shape
             )
         elif prepared.a is not None and _needs(conv, "weight"):
-            padding = list(prepared.padding)
-            out["weight"] = torch.ops.aten.convolution_backward(
+            out["weight"] = _weight_gradient(
+                conv,
                 g * weights.reshape(-1, *([1] * (g.dim() - 1))),
                 prepared.a,
                 conv.weight.detach(),
-                None,
-                conv.stride,
-                padding,
-                conv.dilation,
-                False,
-                [0] * len(padding),
+                list(prepared.padding),
                 conv.groups,
-                [False, True, False],
-            )[1]
+            )
         if _needs(conv, "bias"):
             out["bias"] = weights @ g.flatten(2).sum(2)
         return out

@@ -46,6 +46,7 @@ class TrainConfig(BaseModel):
     max_physical_batch_size: int = 512
     checkpoint_every: int | None = None
     resume: str | None = None
+    screen: Literal["drop", "warn", "off"] = "warn"
 
     def validate_choices(self) -> None:
         if not self.data:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from torch import nn
 from securetrain.bundle import CARD, SIGNATURE, ModelCard, read_card, read_weights, verify_bundle
 from securetrain.data import load_table
 from securetrain.errors import ConfigError, DataError, IntegrityError
+from securetrain.outputs import check_new_file, write_path_atomic
 from securetrain.train.models import build_model
 
 
@@ -65,12 +64,7 @@ def predict_file(
 ) -> int:
     """Write predictions (class and per-class probabilities) to ``out`` atomically, after
     checking the bundle's signature (unless ``allow_unsigned``)."""
-    if out.exists():
-        raise DataError(
-            f"Output file already exists: {str(out)!r}; choose another --out or remove it."
-        )
-    if not out.resolve().parent.is_dir():
-        raise DataError(f"Output directory does not exist: {str(out.resolve().parent)!r}.")
+    check_new_file(out)
     check_signature(bundle, public_key, allow_unsigned)
     card, model = load_model(bundle)
     table = load_table(data)
@@ -80,12 +74,5 @@ def predict_file(
     columns.update(
         {f"probability_{c}": probs[:, j].astype(np.float64) for j, c in enumerate(classes)}
     )
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
-    os.close(fd)
-    try:
-        pacsv.write_csv(pa.table(columns), tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_path_atomic(out, lambda tmp: pacsv.write_csv(pa.table(columns), tmp))
     return len(probs)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from securetrain.bundle import check_output_dir
 from securetrain.data import TabularData
 from securetrain.errors import ConfigError
+from securetrain.outputs import check_new_dir
 from securetrain.sealed import is_sealed
 from securetrain.train.config import TrainConfig
-from securetrain.train.sealed_run import resume_sealed, resumed_config, train_sealed
+from securetrain.train.sealed_run import (
+    open_verified,
+    resume_sealed,
+    resumed_config,
+    train_sealed,
+    verified_header,
+)
 from securetrain.train.trainer import (
     ProgressCallback,
     TrainResult,
@@ -17,6 +23,16 @@ from securetrain.train.trainer import (
     resolve_keys,
     train_loaded,
 )
+
+
+def load_data(config: TrainConfig) -> TabularData:
+    """The data ``config`` names, in memory: a sealed dataset is verified, then decrypted."""
+    if not config.data:
+        raise ConfigError("Name the data with --data (builtin:NAME, a file, or D.sealed).")
+    keys = resolve_keys(config)
+    if is_sealed(config.data):
+        return open_verified(config, keys, verified_header(config, keys))
+    return load_for(config)
 
 
 def train(
@@ -36,7 +52,7 @@ def train(
     if config.resume is not None:
         config = resumed_config(config)
     config.validate_choices()
-    check_output_dir(config.out)
+    check_new_dir(config.out)
     keys = resolve_keys(config)
     if config.resume is not None:
         return resume_sealed(config, keys, progress)

@@ -156,16 +156,17 @@ CheckpointCallback = Callable[["RunPlan", TrainingState], None]
 
 def _train_dp(
     model: nn.Module,
-    enc: Encoded,
+    x: torch.Tensor,
+    y: torch.Tensor,
     *,
-    plan: RunPlan,
+    dp: DPPlan,
+    hp: Hyperparameters,
+    fixed_events: list[Any],
     config: TrainConfig,
     progress: ProgressCallback | None,
     resume: TrainingState | None = None,
-    on_checkpoint: CheckpointCallback | None = None,
+    on_checkpoint: Callable[[TrainingState], None] | None = None,
 ) -> DPOptimizer:
-    assert plan.dp is not None
-    dp, hp = plan.dp, plan.hp
     generator, secure = make_generator(config.seed)
     base = make_optimizer(model, hp)
     start = 0
@@ -185,8 +186,7 @@ def _train_dp(
         secure_rng=secure,
     )
     optimizer.steps = start
-    fixed = events_from_json(plan.pre_events)
-    x, y = enc.x_train, enc.y_train
+    fixed = fixed_events
     loss_fn = nn.CrossEntropyLoss()
     sampler = PoissonBatchSampler(
         len(y), sample_rate=dp.sample_rate, steps=dp.steps - start, generator=generator
@@ -213,10 +213,9 @@ def _train_dp(
             and step % config.checkpoint_every == 0
         ):
             on_checkpoint(
-                plan,
                 TrainingState(
                     step, model.state_dict(), base.state_dict(), generator.get_state(), secure
-                ),
+                )
             )
         if progress is not None:
             if step % report_every == 0 or step == dp.steps:
@@ -227,6 +226,27 @@ def _train_dp(
             progress(StepInfo(step, dp.steps, total_loss / seen if seen else math.nan, epsilon))
     optimizer.detach()
     return optimizer
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hp: Hyperparameters,
+    dp: DPPlan | None,
+    seed: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> nn.Module:
+    """Train ``model`` on ``(x, y)`` with a run's settings: DP-SGD with ``dp`` (the same sample
+    rate, steps and noise), or ordinary training without it. No ledger, no checkpoints."""
+    if dp is None:
+        _train_plain(model, x, y, hp=hp, seed=seed, progress=progress)
+    else:
+        config = TrainConfig(seed=seed)
+        _train_dp(model, x, y, dp=dp, hp=hp, fixed_events=[], config=config, progress=progress)
+    model.eval()
+    return model
 
 
 def _train_plain(
@@ -393,6 +413,7 @@ def train_loaded(
     resume: TrainingState | None = None,
     on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainResult:
+    data, screening = screen_for_training(config, data)
     if plan is None:
         plan, train_data, test_data = make_plan(config, data)
     else:
@@ -426,12 +447,15 @@ def train_loaded(
         dp = plan.dp
         optimizer = _train_dp(
             model,
-            enc,
-            plan=plan,
+            enc.x_train,
+            enc.y_train,
+            dp=dp,
+            hp=plan.hp,
+            fixed_events=pre_events,
             config=config,
             progress=progress,
             resume=resume,
-            on_checkpoint=on_checkpoint,
+            on_checkpoint=(lambda state: on_checkpoint(plan, state)) if on_checkpoint else None,
         )
         events = [*pre_events, PoissonGaussianEvent(dp.sample_rate, dp.noise_multiplier, dp.steps)]
         privacy = PrivacySection(
@@ -453,7 +477,43 @@ def train_loaded(
             preprocessing_epsilon_share=config.preprocessing_share,
             events=events_to_json(events),
         )
-    return _finish(config, data, keys, plan, model, enc, privacy)
+    return _finish(config, data, keys, plan, model, enc, privacy, screening)
+
+
+SCREENING_NOTE = (
+    "counts of flagged rows are computed on the raw data and are not covered by the DP "
+    "guarantee; with 'drop', which rows are removed can depend on other rows, and the guarantee "
+    "covers the screened table"
+)
+
+
+def screen_for_training(
+    config: TrainConfig, data: TabularData
+) -> tuple[TabularData, dict[str, Any] | None]:
+    """Screen the data before training (``config.screen``): ``drop`` removes flagged rows,
+    ``warn`` keeps them; both record the counts for the card."""
+    if config.screen == "off":
+        return data, None
+    from securetrain.screening import screen
+
+    report = screen(data)
+    flagged = report.flagged_rows
+    summary: dict[str, Any] = {
+        "mode": config.screen,
+        "n_rows": report.n_rows,
+        "flagged": len(flagged),
+        "by_check": report.counts(),
+        "dropped": len(flagged) if config.screen == "drop" else 0,
+        "note": SCREENING_NOTE,
+    }
+    if config.screen == "drop" and len(flagged):
+        keep = np.setdiff1d(np.arange(data.n_rows), flagged)
+        if len(keep) == 0:
+            raise DataError(
+                f"Screening flagged all {data.n_rows} rows; nothing is left to train on."
+            )
+        data = data.take(keep)
+    return data, summary
 
 
 def _finish(
@@ -464,6 +524,7 @@ def _finish(
     model: nn.Module,
     enc: Encoded,
     privacy: PrivacySection,
+    screening: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Evaluate on the held-out split, write the card, and write (and sign) the bundle."""
     pre = plan.preprocessor
@@ -491,6 +552,7 @@ def _finish(
             counts=f"Gaussian-noised (noise multiplier {plan.sigma_pre:.4g}, sensitivity 1), rounded",
             sha256=data.sha256,
             sealed=data.sealed,
+            screening=screening,
             split={
                 "method": "hmac-sha256 per record",
                 "test_fraction": config.test_fraction,

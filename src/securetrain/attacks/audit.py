@@ -1,0 +1,224 @@
+"""``run_audit``: measure what a bundle's model leaks about its training data and write
+``audit.json`` and ``audit.html``."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from securetrain.attacks.canary import CanaryAudit, check_canaries, run_canary_audit
+from securetrain.attacks.mia import lira_offline_scores, loss_scores
+from securetrain.attacks.report import COLOURS, Series, histogram, line_plot, render
+from securetrain.attacks.stats import roc_summary, tpr_ceiling
+from securetrain.data import TabularData, split_mask
+from securetrain.errors import ConfigError, DataError
+from securetrain.outputs import write_dir_atomic
+from securetrain.train.config import Hyperparameters
+from securetrain.train.models import build_model
+from securetrain.train.predict import load_model
+from securetrain.train.trainer import DPPlan, ProgressCallback, fit
+
+DEFAULT_CANARIES = 100
+
+
+@dataclass
+class AuditResult:
+    doc: dict
+    html: str
+    canary: CanaryAudit | None
+
+
+def _membership(card, data: TabularData):  # type: ignore[no-untyped-def]
+    """Encoded rows and who was trained on: the card's split, with screening re-applied."""
+    if data.sha256 != card.data.sha256:
+        raise DataError(
+            f"The data is not what the bundle was trained on: its SHA-256 is {data.sha256[:16]}…, "
+            f"the card records {card.data.sha256[:16]}…."
+        )
+    screening = card.data.screening or {}
+    if screening.get("dropped"):
+        from securetrain.screening import screen
+
+        flagged = screen(data).flagged_rows
+        data = data.take(np.setdiff1d(np.arange(data.n_rows), flagged))
+    split = card.data.split
+    test = split_mask(data, seed=split["seed"], test_fraction=split["test_fraction"])
+    pre = card.model.preprocessing
+    x = pre.transform(data.features)
+    y, known = pre.encode_labels(data.labels)
+    return x, y, np.flatnonzero(~test & known), np.flatnonzero(test & known)
+
+
+def _dp_plan(card, n: int) -> DPPlan | None:  # type: ignore[no-untyped-def]
+    p = card.privacy
+    if p.mechanism != "dp-sgd":
+        return None
+    return DPPlan(
+        sample_rate=p.sample_rate,
+        steps=p.steps,
+        noise_multiplier=p.noise_multiplier,
+        expected_batch_size=p.sample_rate * n,
+        accounting_delta=p.delta,
+    )
+
+
+def run_audit(
+    bundle: Path,
+    data: TabularData,
+    *,
+    canaries: int | None = None,
+    reference_models: int = 4,
+    seed: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> AuditResult:
+    """Membership inference (LOSS and offline LiRA) against the bundle's model, and the one-run
+    canary audit with the bundle's training settings (``canaries=0`` skips it)."""
+    if reference_models < 2:
+        raise ConfigError(
+            f"Offline LiRA needs at least 2 reference models. Found {reference_models}."
+        )
+    card, model = load_model(bundle)
+    x, y, members, outsiders = _membership(card, data)
+    if len(members) < 2 or len(outsiders) < 4:
+        raise DataError(
+            f"Too few rows to audit: {len(members)} training and {len(outsiders)} held-out rows."
+        )
+    m = min(DEFAULT_CANARIES, len(outsiders)) if canaries is None else canaries
+    check_canaries(m, len(outsiders))
+    rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+    shuffled = rng.permutation(outsiders)
+    population, non_members = shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2 :]
+    hp = Hyperparameters(**card.training)
+    arch = card.model.architecture
+    references = []
+    for i in range(reference_models):
+        if seed is not None:
+            torch.manual_seed(seed + 1 + i)
+        references.append(
+            fit(
+                build_model(arch),
+                torch.from_numpy(x[population]),
+                torch.from_numpy(y[population]),
+                hp=hp,
+                dp=_dp_plan(card, len(population)),
+                seed=None if seed is None else seed + 1 + i,
+                progress=progress,
+            )
+        )
+    scored = np.concatenate([members, non_members])
+    is_member = np.r_[np.ones(len(members), bool), np.zeros(len(non_members), bool)]
+    attacks = {
+        "loss": roc_summary(loss_scores(model, x[scored], y[scored]), is_member),
+        "lira-offline": roc_summary(
+            lira_offline_scores(model, references, x[scored], y[scored]), is_member
+        ),
+    }
+    claimed, delta = card.privacy.epsilon, card.privacy.delta
+    canary = None
+    if m:
+        canary = run_canary_audit(
+            x[members],
+            y[members],
+            x[outsiders],
+            y[outsiders],
+            m=m,
+            arch=arch,
+            hp=hp,
+            dp=_dp_plan(card, len(members)),
+            delta=delta or 0.0,
+            seed=seed,
+            progress=progress,
+        )
+    headline = max(attacks, key=lambda name: attacks[name]["auc"])
+    best = attacks[headline]
+    doc = {
+        "bundle": str(bundle),
+        "claimed_epsilon": claimed,
+        "claimed_delta": delta,
+        "mia": {
+            "attack": headline,
+            "auc": round(best["auc"], 4),
+            "tpr_at_fpr": {k: round(v, 4) for k, v in best["tpr_at_fpr"].items()},
+            "balanced_accuracy": round(best["balanced_accuracy"], 4),
+            "members": int(len(members)),
+            "non_members": int(len(non_members)),
+            "reference_models": reference_models,
+            "population_rows": int(len(population)),
+            "attacks": {
+                name: {
+                    "auc": round(a["auc"], 4),
+                    "tpr_at_fpr": {k: round(v, 4) for k, v in a["tpr_at_fpr"].items()},
+                    "balanced_accuracy": round(a["balanced_accuracy"], 4),
+                }
+                for name, a in attacks.items()
+            },
+        },
+        "canary": canary.to_json()
+        if canary
+        else {"m": 0, "guesses": 0, "correct": 0, "epsilon_lower_bound": 0.0, "confidence": 0.95},
+        "secure_rng": seed is None,
+    }
+    if canary and claimed is not None and canary.epsilon_lower_bound > claimed:
+        doc["warning"] = (
+            f"The empirical lower bound ε ≥ {canary.epsilon_lower_bound:.3f} exceeds the claimed "
+            f"ε = {claimed:.3f}: the privacy guarantee is broken or there is a bug. Do not release "
+            "this model."
+        )
+    return AuditResult(doc, render(doc, _plots(attacks, claimed, delta, canary)), canary)
+
+
+def _plots(attacks: dict, claimed: float | None, delta: float | None, canary) -> list[str]:  # type: ignore[no-untyped-def]
+    floor = 1e-3
+    grid = np.logspace(-3, 0, 200)
+    series = [
+        Series(name, np.array(a["roc"]["fpr"]), np.array(a["roc"]["tpr"]), COLOURS[i])
+        for i, (name, a) in enumerate(attacks.items())
+    ]
+    series.append(Series("chance", grid, grid, COLOURS[4], dashed=True))
+    if claimed is not None:
+        series.append(
+            Series(
+                f"DP ceiling at ε={claimed:.3g}",
+                grid,
+                tpr_ceiling(grid, claimed, delta or 0),
+                COLOURS[2],
+                dashed=True,
+            )
+        )
+    plots = [
+        line_plot(
+            series,
+            title="Membership inference ROC (log-log)",
+            xlabel="false-positive rate",
+            ylabel="true-positive rate",
+            log=True,
+            lo=floor,
+        )
+    ]
+    if canary is not None:
+        plots.append(
+            histogram(
+                {
+                    "inserted": canary.scores[canary.included],
+                    "not inserted": canary.scores[~canary.included],
+                },
+                title="Canary scores (minus loss)",
+                xlabel="score",
+            )
+        )
+    return plots
+
+
+def write_audit(out: Path, result: AuditResult) -> None:
+    """``out/audit.json`` and ``out/audit.html``, written together or not at all."""
+
+    def fill(tmp: Path) -> None:
+        (tmp / "audit.json").write_text(json.dumps(result.doc, indent=2) + "\n", encoding="utf-8")
+        (tmp / "audit.html").write_text(result.html, encoding="utf-8")
+
+    write_dir_atomic(out, fill)
