@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from pathlib import Path
@@ -11,14 +12,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from securetrain.attacks.audit import run_audit, write_audit
 from securetrain.bundle import verify_bundle
 from securetrain.cli.common import console, training_progress
 from securetrain.crypto import generate_keyset, provider_for_keydir
 from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import load_builtin
+from securetrain.outputs import write_file_atomic
+from securetrain.screening import screen
 from securetrain.sealed import SIGNATURE, seal_dataset, verify_sealed
 from securetrain.store import Store, ledger
 from securetrain.train import TrainConfig, TrainResult, train
+from securetrain.train.run import load_data
 
 DEMO_DATA = "builtin:breast-cancer"
 DEMO_EPSILON = 1.0
@@ -39,7 +44,8 @@ def demo_command(
         Path, typer.Option(help="Where to write the demo's keys, sealed data and bundles.")
     ] = Path("securetrain-demo"),
 ) -> None:
-    """Seal breast-cancer data, train on it at ε=1 and without DP, sign and verify everything."""
+    """Seal breast-cancer data, screen it, train on it at ε=1 and without DP, sign and verify
+    everything, and audit both models."""
     run_dir = workdir / time.strftime("run-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
     say = console.print
@@ -61,6 +67,15 @@ def demo_command(
 
     verify_sealed(sealed, keys.public_key)
     say("3. verified the sealed dataset's signature")
+    opened = load_data(TrainConfig(data=str(sealed), key_dir=keys.root))
+    screened = screen(opened)
+    report = run_dir / "screening.json"
+    write_file_atomic(report, json.dumps(screened.to_json(), indent=2) + "\n")
+    found = ", ".join(f"{k} {v}" for k, v in screened.counts().items() if v) or "nothing"
+    say(
+        f"   screened {screened.n_rows} rows in memory: {len(screened.flagged_rows)} flagged "
+        f"({found}); row indices only in {escape(str(report))}"
+    )
     store = Store()
     ledger.set_budget(
         store,
@@ -110,11 +125,39 @@ def demo_command(
         f"remaining {budget.remaining:.3f} (PLD composition over runs)"
     )
 
+    with training_progress("audit training") as update:
+        audits = {
+            "private": run_audit(private.bundle, opened, progress=update),
+            "baseline": run_audit(baseline.bundle, load_builtin(DEMO_DATA), progress=update),
+        }
+    write_audit(run_dir / "audit-dp", audits["private"])
+    write_audit(run_dir / "audit-baseline", audits["baseline"])
+    say(
+        "8. audited both models: membership inference (LOSS, offline LiRA) and a one-run "
+        f"canary audit; reports in {escape(str(run_dir / 'audit-dp'))} and audit-baseline"
+    )
+
     table_out = Table(title="same records, same split")
-    for col in ("model", "ε", "δ", "test AUC", "test accuracy"):
+    for col in (
+        "model",
+        "ε",
+        "δ",
+        "test AUC",
+        "test accuracy",
+        "MIA AUC",
+        "ε lower bound (canaries)",
+    ):
         table_out.add_column(col)
-    table_out.add_row(*_row("DP-SGD (private)", private))
-    table_out.add_row(*_row("baseline (NOT private)", baseline))
+    for label, result, key in (
+        ("DP-SGD (private)", private, "private"),
+        ("baseline (NOT private)", baseline, "baseline"),
+    ):
+        doc = audits[key].doc
+        table_out.add_row(
+            *_row(label, result),
+            f"{doc['mia']['auc']:.3f}",
+            f"{doc['canary']['epsilon_lower_bound']:.3f}",
+        )
     console.print(table_out)
     p = private.card.privacy
     say(f"private bundle:  {escape(str(private.bundle))}")
