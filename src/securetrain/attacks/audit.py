@@ -83,6 +83,11 @@ def run_audit(
             f"Offline LiRA needs at least 2 reference models. Found {reference_models}."
         )
     card, model = load_model(bundle)
+    if card.federated is not None:
+        raise ConfigError(
+            "Auditing a federated bundle is not supported: its sites' data and training cannot "
+            "be replayed in one place."
+        )
     x, y, members, outsiders = _membership(card, data)
     if len(members) < 2 or len(outsiders) < 4:
         raise DataError(

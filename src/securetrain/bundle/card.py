@@ -32,7 +32,7 @@ class PrivacySection(BaseModel):
     ``delta_partition_selection`` (the delta spent by releasing category names)."""
 
     model_config = ConfigDict(extra="forbid")
-    mechanism: Literal["dp-sgd", "none"]
+    mechanism: Literal["dp-sgd", "federated-dp-sgd", "none"]
     epsilon: float | None
     delta: float | None
     delta_partition_selection: float = 0.0
@@ -74,3 +74,4 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any]
     software: dict[str, str]
     signing: dict[str, str] | None = None
+    federated: dict[str, Any] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -10,6 +11,7 @@ from rich.markup import escape
 from securetrain.cli.audit import audit_command
 from securetrain.cli.common import audit, err_console
 from securetrain.cli.demo import demo_command
+from securetrain.cli.federated import federated_app
 from securetrain.cli.keys import keys_app
 from securetrain.cli.ledger import budget_app, log_app
 from securetrain.cli.predict import predict_command
@@ -30,6 +32,7 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(budget_app, name="budget")
 app.add_typer(log_app, name="log")
+app.add_typer(federated_app, name="federated")
 app.command("seal")(seal_command)
 app.command("inspect")(inspect_command)
 app.command("verify")(verify_command)
@@ -70,6 +73,7 @@ def _print_error(exc: Exception) -> None:
 def main() -> None:
     """Entry point: errors become one line on stderr; exit 2 for bad input, 3 for a failed
     security check (wrong key, tampering, bad signature), 4 for an exceeded privacy budget."""
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # inherited by every process this one starts
     try:
         app(standalone_mode=False)
     except SecurityError as exc:

@@ -379,3 +379,59 @@ def fit_preprocessor(
         ),
     )
     return pre, [GaussianEvent(sigma, len(releases))], float(noisy_train), float(noisy_test)
+
+
+def declared_preprocessor(data: TabularData) -> Preprocessor:
+    """The transform from the declared schema alone, releasing nothing: every numeric column
+    scaled by its declared bounds, every categorical column and the classes as declared. For
+    settings where several parties must share one transform (federated training)."""
+    schema = data.schema
+    numeric, categorical = _split_kinds(data)
+    undeclared = [n for n in numeric if n not in schema.bounds] + [
+        n for n in categorical if n not in schema.categories
+    ]
+    if schema.classes is None:
+        undeclared.append(data.label_name)
+    if undeclared:
+        raise DataError(
+            "Federated training needs every column declared in the schema (bounds, categories, "
+            f"classes). Undeclared: {', '.join(undeclared)}."
+        )
+    columns: list[NumericColumn | CategoricalColumn] = []
+    for name in data.features.column_names:
+        if name in numeric:
+            lo, hi = schema.bounds[name]
+            transform = schema.transforms.get(name, "linear")
+            t_lo, t_hi = forward(np.array([lo, hi]), lo, hi, transform)
+            columns.append(
+                NumericColumn(
+                    name=name,
+                    lower=lo,
+                    upper=hi,
+                    transform=transform,
+                    center=float(t_lo + t_hi) / 2,
+                    scale=float(t_hi - t_lo) / 2,
+                    bounds_source="declared",
+                    scaling_source="bounds",
+                )
+            )
+        else:
+            columns.append(
+                CategoricalColumn(
+                    name=name, categories=schema.categories[name], categories_source="declared"
+                )
+            )
+    assert schema.classes is not None
+    return Preprocessor(
+        columns=columns,
+        label=LabelSpec(name=data.label_name, classes=schema.classes, classes_source="declared"),
+        image_shape=list(data.image_shape) if data.image_shape else None,
+        dropped_identifier_columns=data.dropped_identifiers,
+        dp=DPStatistics(
+            noise_multiplier=0.0,
+            releases=[],
+            partition_selection_threshold=None,
+            partition_selection_delta=0.0,
+            moments_skipped_reason="declared schema only: nothing released",
+        ),
+    )

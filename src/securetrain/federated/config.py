@@ -1,0 +1,122 @@
+"""The federated setting, validated up front with one-line errors."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from securetrain.errors import ConfigError
+
+AGGREGATORS = ("fedavg", "krum", "median", "trimmed-mean")
+ROBUST = ("krum", "median", "trimmed-mean")
+ATTACKS = ("none", "label-flip", "sign-flip", "scaling")
+CLIENT_DP = ("none", "fixed", "adaptive")
+TOTAL_LOCAL_EPOCHS = 10
+
+
+class FederatedConfig(BaseModel):
+    """One federated training run: the sites, the rounds, the aggregation and the privacy."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str
+    sites: int = 3
+    rounds: int = 3
+    partition: str = "iid"
+    secagg: bool = False
+    aggregator: str = "fedavg"
+    attack: str = "none"
+    malicious: int = 0
+    epsilon: float = 2.0
+    delta: float = 1e-5
+    local_epochs: int | None = None
+    model: Literal["logreg", "mlp"] = "logreg"
+    batch_size: int | None = None
+    lr: float | None = None
+    max_grad_norm: float | None = None
+    client_dp: str = "none"
+    client_noise: float = 0.0
+    client_clip: float = 1.0
+    out: Path | None = None
+    key_dir: Path | None = None
+    passphrase_env: str | None = None
+    store: str | None = None
+    site_budget: float | None = None
+    seed: int | None = None
+    label: str | None = None
+    schema_path: Path | None = None
+
+    @property
+    def epochs_per_round(self) -> int:
+        """As given, or about ten passes over each site's data in all (at least one a round)."""
+        return self.local_epochs or max(1, round(TOTAL_LOCAL_EPOCHS / self.rounds))
+
+    @property
+    def dirichlet_alpha(self) -> float | None:
+        match = re.fullmatch(r"dirichlet:([0-9.]+)", self.partition)
+        return float(match.group(1)) if match else None
+
+    def validate_choices(self) -> None:
+        if self.sites < 2:
+            raise ConfigError(f"Federated training needs at least 2 sites. Found {self.sites}.")
+        if self.rounds < 1:
+            raise ConfigError(f"Rounds must be at least 1. Found {self.rounds}.")
+        if self.local_epochs is not None and self.local_epochs < 1:
+            raise ConfigError(f"Local epochs must be at least 1. Found {self.local_epochs}.")
+        if self.partition != "iid":
+            alpha = self.dirichlet_alpha
+            if alpha is None or not (alpha > 0 and math.isfinite(alpha)):
+                raise ConfigError(
+                    f"Partition must be iid or dirichlet:ALPHA with ALPHA > 0. Found {self.partition!r}."
+                )
+        for name, value, choices in (
+            ("Aggregator", self.aggregator, AGGREGATORS),
+            ("Attack", self.attack, ATTACKS),
+            ("Client DP", self.client_dp, CLIENT_DP),
+        ):
+            if value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}. Found {value!r}.")
+        if self.secagg and self.aggregator in ROBUST:
+            raise ConfigError(
+                f"--secagg hides each site's update from the server, and --aggregator "
+                f"{self.aggregator} needs to see them: they cannot be combined."
+            )
+        if self.secagg and self.client_dp != "none":
+            raise ConfigError(
+                "Client-level DP by server-side clipping needs each site's update, which --secagg "
+                "hides from the server: they cannot be combined."
+            )
+        if self.client_dp != "none" and self.aggregator != "fedavg":
+            raise ConfigError(
+                f"Client-level DP works with --aggregator fedavg. Found {self.aggregator!r}."
+            )
+        if not 0 <= self.malicious < self.sites:
+            raise ConfigError(
+                f"Malicious sites must be between 0 and {self.sites - 1}. Found {self.malicious}."
+            )
+        if self.attack == "none" and self.malicious:
+            raise ConfigError("--malicious needs an --attack (label-flip, sign-flip or scaling).")
+        if self.attack != "none" and not self.malicious:
+            raise ConfigError(f"--attack {self.attack} needs --malicious K with K >= 1.")
+        if self.aggregator == "krum" and self.sites < 2 * self.malicious + 3:
+            raise ConfigError(
+                f"Krum tolerates K malicious sites only with at least 2K + 3 sites. Found "
+                f"{self.sites} sites and K = {self.malicious}."
+            )
+        if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+            raise ConfigError(f"Epsilon must be a positive finite number. Found {self.epsilon}.")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"Delta must be in (0, 1). Found {self.delta}.")
+        if self.client_noise < 0 or not math.isfinite(self.client_noise):
+            raise ConfigError(f"Client noise must be >= 0. Found {self.client_noise}.")
+        if self.client_dp != "none" and self.client_noise == 0:
+            raise ConfigError("Client-level DP needs --client-noise > 0.")
+        if self.site_budget is not None and not (
+            self.site_budget > 0 and math.isfinite(self.site_budget)
+        ):
+            raise ConfigError(f"Site budget must be a positive ε. Found {self.site_budget}.")
+        if not self.client_clip > 0:
+            raise ConfigError(f"Client clipping bound must be > 0. Found {self.client_clip}.")

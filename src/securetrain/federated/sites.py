@@ -1,0 +1,167 @@
+"""The sites of a federated run: their share of the data, their own DP-SGD plan (sample-level
+DP per site), and one round of local training, honest or malicious."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from securetrain.engine import DPOptimizer, make_generator
+from securetrain.engine.sampling import PoissonBatchSampler
+from securetrain.errors import DataError
+from securetrain.federated.config import FederatedConfig
+from securetrain.privacy import (
+    GaussianEvent,
+    PoissonGaussianEvent,
+    calibrate_gaussian,
+    calibrate_noise,
+    compute_epsilon,
+)
+
+COUNT_SHARE = 0.1  # of each site's ε, spent on its noisy row count
+MIN_SITE_ROWS = 10
+SIGN_FLIP_FACTOR = -5.0
+SCALING_FACTOR = 10.0
+
+
+def partition(
+    labels: np.ndarray, sites: int, alpha: float | None, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Row indices per site: an even random split (iid), or per class a Dirichlet(alpha) split
+    across sites (smaller alpha, more skew)."""
+    if alpha is None:
+        return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), sites)]
+    parts: list[list[int]] = [[] for _ in range(sites)]
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        shares = rng.dirichlet(np.full(sites, alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(rows)).astype(int)
+        for site, chunk in enumerate(np.split(rows, cuts)):
+            parts[site].extend(chunk.tolist())
+    return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+
+
+@dataclass
+class Site:
+    """One site's data (encoded) and privacy plan."""
+
+    index: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_noisy: float
+    sample_rate: float
+    steps_per_round: int
+    noise_multiplier: float
+    events: list = field(default_factory=list)
+    epsilon: float = 0.0
+    malicious: bool = False
+
+    def summary(self) -> dict:
+        return {
+            "site": self.index,
+            "epsilon": round(self.epsilon, 4),
+            "n_train": int(round(self.n_noisy)),
+            "noise_multiplier": round(self.noise_multiplier, 4),
+            "sample_rate": round(self.sample_rate, 4),
+            "steps_per_round": self.steps_per_round,
+            "malicious": self.malicious,
+        }
+
+
+def plan_site(
+    index: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    config: FederatedConfig,
+    *,
+    batch_size: int | None,
+    rng: np.random.Generator,
+) -> Site:
+    """The site's DP-SGD over all rounds: a noisy row count (10% of its ε), then Poisson-sampled
+    steps with noise calibrated so that both compose to the site's ε at δ (PLD)."""
+    if len(y_train) < MIN_SITE_ROWS:
+        raise DataError(
+            f"Site {index} has {len(y_train)} training rows; each needs at least {MIN_SITE_ROWS} "
+            "(use fewer sites, or a larger Dirichlet alpha)."
+        )
+    sigma_count = calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta)
+    n_noisy = max(1.0, len(y_train) + float(rng.normal(0, sigma_count)))
+    batch = batch_size or max(8, int(round(n_noisy / 4)))
+    q = min(1.0, batch / n_noisy)
+    steps_per_round = config.epochs_per_round * math.ceil(1 / q)
+    count_event = GaussianEvent(sigma_count, 1)
+    sigma = calibrate_noise(
+        config.epsilon,
+        config.delta,
+        q,
+        steps_per_round * config.rounds,
+        fixed_events=[count_event],
+    )
+    events = [count_event, PoissonGaussianEvent(q, sigma, steps_per_round * config.rounds)]
+    return Site(
+        index=index,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        n_noisy=n_noisy,
+        sample_rate=q,
+        steps_per_round=steps_per_round,
+        noise_multiplier=sigma,
+        events=events,
+        epsilon=compute_epsilon(events, delta=config.delta),
+        malicious=index < config.malicious,
+    )
+
+
+def local_round(
+    site: Site,
+    model: nn.Module,
+    *,
+    classes: int,
+    attack: str,
+    lr: float,
+    max_grad_norm: float,
+    seed: int | None,
+) -> list[np.ndarray]:
+    """One round at the site: DP-SGD from the global weights already in ``model``; returns the
+    weights to send. A malicious site flips its labels, or flips or scales its update."""
+    start = [p.detach().clone() for p in model.state_dict().values()]
+    x, y = torch.from_numpy(site.x_train), torch.from_numpy(site.y_train)
+    if site.malicious and attack == "label-flip":
+        y = classes - 1 - y
+    generator, secure = make_generator(seed)
+    optimizer = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+        module=model,
+        noise_multiplier=site.noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=site.sample_rate * site.n_noisy,
+        sample_rate=site.sample_rate,
+        generator=generator,
+        secure_rng=secure,
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for indices in PoissonBatchSampler(
+        len(y), sample_rate=site.sample_rate, steps=site.steps_per_round, generator=generator
+    ):
+        optimizer.zero_grad()
+        if len(indices):
+            idx = torch.tensor(indices, dtype=torch.long)
+            optimizer.backward(loss_fn(model(x[idx]), y[idx]))
+        optimizer.step()
+    optimizer.detach()
+    weights = [p.detach() for p in model.state_dict().values()]
+    if site.malicious and attack in ("sign-flip", "scaling"):
+        factor = SIGN_FLIP_FACTOR if attack == "sign-flip" else SCALING_FACTOR
+        weights = [s + factor * (w - s) for s, w in zip(start, weights, strict=True)]
+    return [w.cpu().numpy().astype(np.float32) for w in weights]

@@ -1,0 +1,114 @@
+"""Federated training on Flower's simulation engine: accuracy, SecAgg+ against plain FedAvg,
+robust aggregation against a sign-flipping site, per-site budgets, and bad settings."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from securetrain.data import load_builtin
+from securetrain.federated.config import FederatedConfig
+from securetrain.federated.simulate import simulate
+from securetrain.store import Store, ledger
+from tests.helpers import one_error_line, run_cli
+
+DATA = "builtin:breast-cancer"
+
+
+def test_three_sites_two_rounds_signed_bundle_and_each_site_charged(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert run_cli("keys", "new", "--out", str(keys)).returncode == 0
+    out = tmp_path / "fed"
+    r = run_cli(
+        "federated",
+        "simulate",
+        "--data",
+        DATA,
+        "--sites",
+        "3",
+        "--rounds",
+        "2",
+        "--epsilon",
+        "2",
+        "--out",
+        str(out),
+        "--key",
+        str(keys),
+        "--seed",
+        "0",
+    )
+    assert r.returncode == 0, r.stderr
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["metrics"]["test_auc"] >= 0.95
+    fed = card["federated"]
+    assert (fed["sites"], fed["rounds"], fed["aggregator"]) == (3, 2, "fedavg")
+    assert [s["site"] for s in fed["site_privacy"]] == [0, 1, 2]
+    assert all(1.9 < s["epsilon"] <= 2.0 + 1e-9 for s in fed["site_privacy"])
+    assert card["privacy"]["mechanism"] == "federated-dp-sgd"
+    assert card["privacy"]["epsilon"] == pytest.approx(
+        max(s["epsilon"] for s in fed["site_privacy"]), abs=1e-4
+    )
+    verify = run_cli("verify", str(out), "--public-key", str(keys / "signing.pub.pem"))
+    assert verify.returncode == 0, verify.stderr
+    digest = load_builtin(DATA).sha256
+    for site in fed["site_privacy"]:
+        status = ledger.status(Store(), f"{digest[:32]}-site-{site['site']}-of-3")
+        assert status.spent == pytest.approx(site["epsilon"], abs=1e-3)
+
+
+def _run(tmp_path: Path, name: str, **settings) -> tuple[dict, dict]:
+    result = simulate(
+        FederatedConfig(data=DATA, out=tmp_path / name, site_budget=1000.0, **settings)
+    )
+    state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+    return result.card.metrics, state
+
+
+def test_secagg_gives_the_fedavg_model_up_to_quantisation(tmp_path: Path) -> None:
+    """Same seeds, so the same local training: SecAgg+ differs from FedAvg only by its
+    quantisation (2^24 levels over [-32, 32], a step of 3.8e-6 per value and round); we allow
+    1e-3 after three rounds."""
+    settings = dict(sites=3, rounds=3, epsilon=2.0, seed=7)
+    _, plain = _run(tmp_path, "plain", **settings)
+    _, secure = _run(tmp_path, "secagg", secagg=True, **settings)
+    for name in plain:
+        torch.testing.assert_close(secure[name], plain[name], atol=1e-3, rtol=0)
+        assert not torch.equal(secure[name], plain[name])  # it did go through quantisation
+
+
+def test_median_and_trimmed_mean_resist_a_sign_flipping_site(tmp_path: Path) -> None:
+    settings = dict(sites=5, rounds=3, epsilon=4.0, attack="sign-flip", malicious=1, seed=2)
+    auc = {
+        agg: _run(tmp_path, agg, aggregator=agg, **settings)[0]["test_auc"]
+        for agg in ("fedavg", "median", "trimmed-mean")
+    }
+    assert auc["median"] >= 0.9 and auc["trimmed-mean"] >= 0.9, auc
+    assert auc["fedavg"] < 0.8, auc
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["--secagg", "--aggregator", "median"], "cannot be combined"),
+        (["--sites", "3", "--attack", "sign-flip", "--malicious", "3"], "between 0 and 2. Found 3"),
+        (["--partition", "dirichlet:abc"], "dirichlet:ALPHA"),
+        (["--aggregator", "mean"], "Found 'mean'"),
+        (["--attack", "sign-flip"], "needs --malicious"),
+        (["--secagg", "--client-dp", "fixed", "--client-noise", "1"], "cannot be combined"),
+    ],
+)
+def test_bad_federated_settings_get_one_line_errors(tmp_path: Path, args, phrase) -> None:
+    r = run_cli(
+        "federated",
+        "simulate",
+        "--data",
+        DATA,
+        "--epsilon",
+        "1",
+        "--out",
+        str(tmp_path / "x"),
+        *args,
+    )
+    one_error_line(r, 2, phrase)
+    assert not (tmp_path / "x").exists()
