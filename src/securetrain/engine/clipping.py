@@ -32,6 +32,9 @@ class LayerTrace:
     inputs: tuple[torch.Tensor, ...]
     backprops: torch.Tensor
     scale: float = 1.0
+    # (strategy, state) when the layer was prepared as soon as its gradient arrived; inputs and
+    # output gradients are then no longer held.
+    prepared: tuple[ClippingStrategy, object] | None = None
 
 
 class ClippingStrategy(Protocol):

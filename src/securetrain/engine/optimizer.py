@@ -66,9 +66,16 @@ def clipped_sums(
     prepared: dict[str, tuple[Any, Any]] = {}
     for name, layer_traces in traces.items():
         layer = layers[name]
-        if len(layer_traces) == 1:
+        if len(layer_traces) == 1 and layer_traces[0].prepared is not None:
+            prepared[name] = layer_traces[0].prepared
+        elif len(layer_traces) == 1:
             strategy = strategy_for(layer, mode)
             prepared[name] = (strategy, strategy.prepare(layer, layer_traces[0]))
+        elif any(t.prepared is not None for t in layer_traces):
+            raise ConfigError(
+                f"Layer '{name}' holds gradients of several backward passes; call accumulate() "
+                "after each physical batch's backward pass."
+            )
         else:
             # A layer called several times per forward: its per-sample gradient is the sum of
             # its calls' contributions, so materialise and add them.
@@ -214,7 +221,9 @@ class DPOptimizer:
         self.steps = 0
         self.clipping = clipping
         self.clipping_mode = clipping_mode
-        self.tracer = GradientTracer(module, loss_reduction=loss_reduction)
+        self.tracer = GradientTracer(
+            module, loss_reduction=loss_reduction, prepare=self._prepare_layer
+        )
         self._params: dict[tuple[str, str], nn.Parameter] = {
             (layer_name, pname): p
             for layer_name, layer in layers.items()
@@ -243,6 +252,11 @@ class DPOptimizer:
         self.original_optimizer.zero_grad(set_to_none=set_to_none)
         self.tracer.clear()
 
+    def _prepare_layer(self, name: str, trace: LayerTrace) -> tuple[Any, object]:
+        layer = self.tracer.layers[name]
+        strategy = strategy_for(layer, self.clipping)
+        return strategy, strategy.prepare(layer, trace)
+
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` to the traced layers' outputs, which is all clipping needs.
 
@@ -256,7 +270,7 @@ class DPOptimizer:
         params = [] if self._verified else [p for p in self._params.values()]
         if not outputs and not params:
             return
-        grads = torch.autograd.grad(loss, outputs + params, allow_unused=True)
+        grads = torch.autograd.grad(loss, [*outputs, *params], allow_unused=True)
         for p, g in zip(params, grads[len(outputs) :], strict=True):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g

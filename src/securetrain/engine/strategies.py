@@ -44,15 +44,31 @@ def _needs(module: nn.Module, name: str) -> bool:
 
 @dataclass
 class Prepared:
-    """One layer's per-sample state: squared norms, and either the per-sample weight gradients
-    (``per_sample``, B x out x in) or what forms the weighted sum without them (``a``, ``g``)."""
+    """One layer's per-sample state: squared norms, per-sample bias gradients (B x out), and
+    either the per-sample weight gradients (``per_sample``, B x out x in) or what forms the
+    weighted sum without them (inputs ``a`` and output gradients ``g``). Nothing else is kept,
+    so that the output gradients can be freed as soon as the layer has been prepared."""
 
     module: nn.Module
     norms: torch.Tensor
-    g: torch.Tensor
+    bias: torch.Tensor | None = None
     a: torch.Tensor | None = None
+    g: torch.Tensor | None = None
     per_sample: torch.Tensor | None = None
     padding: tuple[int, ...] = ()  # a convolution's zero padding still to apply to ``a``
+
+    def weighted_sums(
+        self, weights: torch.Tensor, weight: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The weighted bias sum, and the weight sum: from ``per_sample`` or as given."""
+        out = {}
+        if self.per_sample is not None:
+            weight = torch.tensordot(weights, self.per_sample, dims=1)
+        if weight is not None:
+            out["weight"] = weight.reshape(self.module.weight.shape)  # type: ignore[union-attr]
+        if self.bias is not None:
+            out["bias"] = weights @ self.bias
+        return out
 
 
 @register_clipping(nn.Linear)
@@ -60,35 +76,33 @@ class LinearStrategy:
     def prepare(self, module: nn.Module, trace: LayerTrace) -> Prepared:
         a, g = _sequence(trace.inputs[0].to(trace.backprops.dtype), trace.backprops)
         batch, t, d_in = a.shape
-        state = Prepared(module, a.new_zeros(batch), g, a=a)
+        state = Prepared(module, a.new_zeros(batch))
         if _needs(module, "weight"):
             if t == 1:
                 state.norms = a.squeeze(1).pow(2).sum(1) * g.squeeze(1).pow(2).sum(1)
+                state.a, state.g = a, g
             elif _ghost_is_cheaper(t, d_in, g.shape[-1]):
                 gram = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
                 state.norms = gram.sum((1, 2))
+                state.a, state.g = a, g
             else:
                 state.per_sample = torch.bmm(g.transpose(1, 2), a)
                 state.norms = state.per_sample.pow(2).sum((1, 2))
-                state.a = None
         if _needs(module, "bias"):
-            state.norms = state.norms + g.sum(1).pow(2).sum(1)
+            state.bias = g.sum(1)
+            state.norms = state.norms + state.bias.pow(2).sum(1)
         return state
 
     def squared_norms(self, prepared: Prepared) -> torch.Tensor:
         return prepared.norms
 
     def weighted_sum(self, prepared: Prepared, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        module, g = prepared.module, prepared.g
-        out = {}
-        if prepared.per_sample is not None:
-            out["weight"] = torch.tensordot(weights, prepared.per_sample, dims=1)
-        elif prepared.a is not None and _needs(module, "weight"):
+        weight = None
+        if prepared.a is not None and prepared.g is not None:
+            g, a = prepared.g, prepared.a
             gw = (g * weights[:, None, None]).reshape(-1, g.shape[-1])
-            out["weight"] = gw.t() @ prepared.a.reshape(-1, prepared.a.shape[-1])
-        if _needs(module, "bias"):
-            out["bias"] = weights @ g.sum(1)
-        return out
+            weight = gw.t() @ a.reshape(-1, a.shape[-1])
+        return prepared.weighted_sums(weights, weight)
 
 
 def _unfold(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, padding: list[int]) -> torch.Tensor:
@@ -173,20 +187,23 @@ class ConvStrategy:
         g = trace.backprops
         batch, d_out, length = g.shape[0], g.shape[1], math.prod(g.shape[2:])
         d_in = math.prod(conv.weight.shape[1:])
-        state = Prepared(conv, g.new_zeros(batch), g, a=x, padding=(*padding,))
-        if _needs(conv, "weight") and batch:
+        state = Prepared(conv, g.new_zeros(batch), padding=(*padding,))
+        if _needs(conv, "weight"):
             unfoldable = conv.groups == 1
             if unfoldable and _ghost_is_cheaper(length, d_in, d_out):
-                state.norms = self._ghost_norms(conv, x, g, padding)
+                state.norms = self._ghost_norms(conv, x, g, padding) if batch else state.norms
+                state.a, state.g = x, g
+            elif not batch:
+                state.per_sample = g.new_zeros((0, d_out, d_in))
+            elif unfoldable and conv.in_channels < 4 and length > 256:
+                state.per_sample = self._unfolded_per_sample(conv, x, g, padding)
             else:
-                if unfoldable and conv.in_channels < 4 and length > 256:
-                    state.per_sample = self._unfolded_per_sample(conv, x, g, padding)
-                else:
-                    state.per_sample = _per_sample_by_groups(conv, x, g, padding)
+                state.per_sample = _per_sample_by_groups(conv, x, g, padding)
+            if state.per_sample is not None:
                 state.norms = state.per_sample.pow(2).sum((1, 2))
-                state.a = None
         if _needs(conv, "bias"):
-            state.norms = state.norms + g.flatten(2).sum(2).pow(2).sum(1)
+            state.bias = g.flatten(2).sum(2)
+            state.norms = state.norms + state.bias.pow(2).sum(1)
         return state
 
     @staticmethod
@@ -233,15 +250,12 @@ class ConvStrategy:
     ) -> dict[str, torch.Tensor]:
         if isinstance(prepared, dict):
             return _GENERIC.weighted_sum(prepared, weights)
-        conv, g = prepared.module, prepared.g
+        conv = prepared.module
         assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
-        out = {}
-        if prepared.per_sample is not None:
-            out["weight"] = torch.tensordot(weights, prepared.per_sample, dims=1).reshape(
-                conv.weight.shape
-            )
-        elif prepared.a is not None and _needs(conv, "weight"):
-            out["weight"] = _weight_gradient(
+        weight = None
+        if prepared.a is not None and prepared.g is not None:
+            g = prepared.g
+            weight = _weight_gradient(
                 conv,
                 g * weights.reshape(-1, *([1] * (g.dim() - 1))),
                 prepared.a,
@@ -249,9 +263,7 @@ class ConvStrategy:
                 list(prepared.padding),
                 conv.groups,
             )
-        if _needs(conv, "bias"):
-            out["bias"] = weights @ g.flatten(2).sum(2)
-        return out
+        return prepared.weighted_sums(weights, weight)
 
 
 class _AffineNorm:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from securetrain.engine.clipping import LayerTrace, own_parameters
@@ -30,13 +31,18 @@ def check_per_sample(module: nn.Module) -> None:
 
 
 class _Pending:
-    __slots__ = ("inputs", "output", "backprops", "scale")
+    __slots__ = ("inputs", "output", "trace", "scale")
 
     def __init__(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         self.inputs = inputs
-        self.output: torch.Tensor | None = output  # held until its gradient arrives
-        self.backprops: torch.Tensor | None = None
+        # Where the output's gradient will arrive: a graph edge, which (unlike the output
+        # tensor) holds no activation memory.
+        self.output: GradientEdge | None = get_gradient_edge(output)
+        self.trace: LayerTrace | None = None  # set when it has
         self.scale = 1.0
+
+
+Prepare = Callable[[str, LayerTrace], tuple[Any, object]]
 
 
 class GradientTracer:
@@ -44,9 +50,15 @@ class GradientTracer:
 
     ``loss_reduction`` says how the loss was reduced over the batch: with ``"mean"`` the traces
     carry the batch size as the factor that turns output gradients into per-sample ones.
+
+    With ``prepare``, a layer called once in the forward pass is handed to it as soon as its
+    output gradient arrives, during the backward pass, and only what it returns is kept: the
+    layer's inputs and output gradients can be freed before the backward pass ends.
     """
 
-    def __init__(self, module: nn.Module, *, loss_reduction: str = "mean") -> None:
+    def __init__(
+        self, module: nn.Module, *, loss_reduction: str = "mean", prepare: Prepare | None = None
+    ) -> None:
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ConfigError(f"Loss reduction must be 'mean' or 'sum'. Found {loss_reduction!r}.")
         check_per_sample(module)
@@ -55,6 +67,7 @@ class GradientTracer:
             name: sub for name, sub in module.named_modules() if own_parameters(sub)
         }
         self._pending: dict[str, list[_Pending]] = {name: [] for name in self.layers}
+        self._prepare = prepare
         self._paused = False
         self._handles = [
             sub.register_forward_hook(self._make_hook(name)) for name, sub in self.layers.items()
@@ -82,30 +95,31 @@ class GradientTracer:
                 entry.scale = float(output.shape[0])
 
             def on_grad(g: torch.Tensor) -> None:
-                entry.backprops = g.detach()
-                entry.output = None
+                trace = LayerTrace(entry.inputs, g.detach(), entry.scale)
+                entry.output, entry.inputs = None, ()
+                if self._prepare is not None and len(self._pending[name]) == 1:
+                    with self.paused():
+                        prepared = self._prepare(name, trace)
+                    trace = LayerTrace((), torch.empty(0), trace.scale, prepared)
+                entry.trace = trace
 
             output.register_hook(on_grad)
 
         return hook
 
-    def awaiting_gradients(self) -> list[torch.Tensor]:
-        """The recorded layer outputs whose gradients have not arrived yet."""
+    def awaiting_gradients(self) -> list[GradientEdge]:
+        """The graph edges of the recorded layer outputs whose gradients have not arrived yet."""
         return [
             e.output
             for entries in self._pending.values()
             for e in entries
-            if e.backprops is None and e.output is not None
+            if e.trace is None and e.output is not None
         ]
 
     def take(self) -> dict[str, list[LayerTrace]]:
         """The complete traces since the last call, by layer name; forgets everything recorded."""
         out = {
-            name: [
-                LayerTrace(e.inputs, e.backprops, e.scale)
-                for e in entries
-                if e.backprops is not None
-            ]
+            name: [e.trace for e in entries if e.trace is not None]
             for name, entries in self._pending.items()
         }
         self.clear()
