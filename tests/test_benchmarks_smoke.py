@@ -48,3 +48,12 @@ def test_engine_speed_smoke() -> None:
         assert set(figures[model]["samples_per_s"]) == modes
         assert all(v > 0 for v in figures[model]["samples_per_s"].values())
         assert all(v > 0 for v in figures[model]["peak_memory_mib"].values())
+
+
+def test_federated_robustness_smoke() -> None:
+    runs = run_smoke("federated_robustness.py")["runs"]
+    assert [(r["aggregator"], r["attack"], r["malicious_sites"]) for r in runs] == [
+        ("fedavg", "sign-flip", 1),
+        ("median", "sign-flip", 1),
+    ]
+    assert runs[1]["test_auc"] > runs[0]["test_auc"]
