@@ -107,3 +107,14 @@ def test_canary_guesses_use_the_declared_k_with_bonferroni() -> None:
     assert bound_from_scores(noise, included, k_values=[50, 100, 250], delta=0.0)[0] < 0.5
     with pytest.raises(ConfigError, match=r"k <= 5\. Found \[6\]"):
         bound_from_scores(noise[:10], included[:10], k_values=[6], delta=0.0)
+
+
+def test_a_lower_bound_above_the_claim_is_flagged() -> None:
+    from securetrain.attacks.audit import broken_claim
+
+    assert broken_claim(0.4, 1.0) is None
+    assert broken_claim(1.0, 1.0) is None
+    assert broken_claim(2.04, None) is None  # nothing was claimed (no DP)
+    warning = broken_claim(1.2, 1.0)
+    assert warning is not None
+    assert "ε ≥ 1.200 exceeds the claimed ε = 1.000" in warning and "Do not release" in warning

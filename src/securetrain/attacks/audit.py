@@ -168,13 +168,20 @@ def run_audit(
         else {"m": 0, "guesses": 0, "correct": 0, "epsilon_lower_bound": 0.0, "confidence": 0.95},
         "secure_rng": seed is None,
     }
-    if canary and claimed is not None and canary.epsilon_lower_bound > claimed:
-        doc["warning"] = (
-            f"The empirical lower bound ε ≥ {canary.epsilon_lower_bound:.3f} exceeds the claimed "
-            f"ε = {claimed:.3f}: the privacy guarantee is broken or there is a bug. Do not release "
-            "this model."
-        )
+    warning = broken_claim(canary.epsilon_lower_bound if canary else 0.0, claimed)
+    if warning:
+        doc["warning"] = warning
     return AuditResult(doc, render(doc, _plots(attacks, claimed, delta, canary)), canary)
+
+
+def broken_claim(lower_bound: float, claimed: float | None) -> str | None:
+    """The warning when an empirical lower bound exceeds the claimed ε (None when it does not)."""
+    if claimed is None or lower_bound <= claimed:
+        return None
+    return (
+        f"The empirical lower bound ε ≥ {lower_bound:.3f} exceeds the claimed ε = {claimed:.3f}: "
+        "the privacy guarantee is broken or there is a bug. Do not release this model."
+    )
 
 
 def _plots(attacks: dict, claimed: float | None, delta: float | None, canary) -> list[str]:  # type: ignore[no-untyped-def]
