@@ -112,3 +112,28 @@ def test_bad_federated_settings_get_one_line_errors(tmp_path: Path, args, phrase
     )
     one_error_line(r, 2, phrase)
     assert not (tmp_path / "x").exists()
+
+
+def test_client_level_dp_is_recorded_with_its_epsilon(tmp_path: Path) -> None:
+    from securetrain.privacy import GaussianEvent, compute_epsilon
+
+    result = simulate(
+        FederatedConfig(
+            data=DATA,
+            out=tmp_path / "cdp",
+            sites=3,
+            rounds=2,
+            epsilon=2.0,
+            seed=3,
+            client_dp="fixed",
+            client_noise=0.5,
+            client_clip=5.0,
+            site_budget=1000.0,
+        )
+    )
+    cdp = result.card.federated["client_level_dp"]
+    assert (cdp["clipping"], cdp["noise_multiplier"], cdp["clipping_norm"]) == ("fixed", 0.5, 5.0)
+    assert cdp["epsilon"] == pytest.approx(
+        compute_epsilon([GaussianEvent(0.5, 2)], delta=1e-5), rel=1e-9
+    )
+    assert result.card.metrics["test_auc"] > 0.5
