@@ -71,7 +71,7 @@ def demo_command(
     screened = screen(opened)
     report = run_dir / "screening.json"
     write_file_atomic(report, json.dumps(screened.to_json(), indent=2) + "\n")
-    found = ", ".join(f"{k} {v}" for k, v in screened.counts().items() if v) or "nothing"
+    found = screened.describe()
     say(
         f"   screened {screened.n_rows} rows in memory: {len(screened.flagged_rows)} flagged "
         f"({found}); row indices only in {escape(str(report))}"

@@ -55,7 +55,7 @@ def screen_command(
         {"rows": report.n_rows, "flagged": len(doc["flagged"]), "show_rows": show_rows},
         store=store,
     )
-    found = ", ".join(f"{k} {v}" for k, v in report.counts().items() if v) or "nothing"
+    found = report.describe()
     console.print(
         f"screened {report.n_rows} rows: {len(doc['flagged'])} flagged ({found}); "
         f"report in {escape(str(out))}"

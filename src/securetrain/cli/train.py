@@ -19,7 +19,7 @@ from securetrain.cli.common import (
     training_progress,
 )
 from securetrain.errors import ConfigError
-from securetrain.screening import SCREEN_MODES
+from securetrain.screening import SCREEN_MODES, describe_counts
 from securetrain.train import NO_DP_WARNING, TrainConfig, TrainResult, train
 
 
@@ -176,7 +176,7 @@ def train_command(
         )
     screening = result.card.data.screening
     if screening and screening["flagged"]:
-        found = ", ".join(f"{k} {v}" for k, v in screening["by_check"].items() if v)
+        found = describe_counts(screening["by_check"])
         verb = "dropped" if screening["mode"] == "drop" else "kept (--screen drop removes them)"
         err_console.print(
             f"[yellow]warning: screening flagged {screening['flagged']} of "

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from securetrain.bundle import SIGNATURE, ModelCard, write_bundle
+from securetrain.bundle import ModelCard, write_bundle
 from securetrain.bundle.card import DataSection, ModelSection, PrivacySection
 from securetrain.data import TabularData, split_mask
 from securetrain.data.preprocess import Preprocessor, declared_preprocessor
@@ -26,7 +26,7 @@ from securetrain.store import Store, ledger
 from securetrain.train import TrainConfig, evaluate
 from securetrain.train.models import architecture_for, build_model
 from securetrain.train.run import load_data
-from securetrain.train.trainer import resolve_keys
+from securetrain.train.trainer import resolve_keys, signing_section
 
 TEST_FRACTION = 0.3
 
@@ -212,15 +212,7 @@ def simulate(config: FederatedConfig) -> FederatedResult:
             "flwr": version("flwr"),
             "dp_accounting": version("dp-accounting"),
         },
-        signing=(
-            {
-                "signer": keys.signer.fingerprint(),
-                "format": "OpenSSF model-signing, ECDSA P-256",
-                "signature_file": SIGNATURE,
-            }
-            if keys.signer
-            else None
-        ),
+        signing=signing_section(keys.signer),
         federated={
             "framework": "flower",
             "sites": config.sites,

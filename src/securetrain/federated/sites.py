@@ -10,8 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from securetrain.engine import DPOptimizer, make_generator
-from securetrain.engine.sampling import PoissonBatchSampler
 from securetrain.errors import DataError
 from securetrain.federated.config import FederatedConfig
 from securetrain.privacy import (
@@ -21,6 +19,8 @@ from securetrain.privacy import (
     calibrate_noise,
     compute_epsilon,
 )
+from securetrain.train.config import Hyperparameters
+from securetrain.train.trainer import DPPlan, fit
 
 COUNT_SHARE = 0.1  # of each site's ε, spent on its noisy row count
 MIN_SITE_ROWS = 10
@@ -60,6 +60,7 @@ class Site:
     noise_multiplier: float
     events: list = field(default_factory=list)
     epsilon: float = 0.0
+    delta: float = 0.0
     malicious: bool = False
 
     def summary(self) -> dict:
@@ -118,6 +119,7 @@ def plan_site(
         noise_multiplier=sigma,
         events=events,
         epsilon=compute_epsilon(events, delta=config.delta),
+        delta=config.delta,
         malicious=index < config.malicious,
     )
 
@@ -138,28 +140,22 @@ def local_round(
     x, y = torch.from_numpy(site.x_train), torch.from_numpy(site.y_train)
     if site.malicious and attack == "label-flip":
         y = classes - 1 - y
-    generator, secure = make_generator(seed)
-    optimizer = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
-        module=model,
-        noise_multiplier=site.noise_multiplier,
+    batch = site.sample_rate * site.n_noisy
+    hp = Hyperparameters(
+        model="federated-site",
+        epochs=1,
+        batch_size=max(1, round(batch)),
         max_grad_norm=max_grad_norm,
-        expected_batch_size=site.sample_rate * site.n_noisy,
-        sample_rate=site.sample_rate,
-        generator=generator,
-        secure_rng=secure,
+        lr=lr,
     )
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for indices in PoissonBatchSampler(
-        len(y), sample_rate=site.sample_rate, steps=site.steps_per_round, generator=generator
-    ):
-        optimizer.zero_grad()
-        if len(indices):
-            idx = torch.tensor(indices, dtype=torch.long)
-            optimizer.backward(loss_fn(model(x[idx]), y[idx]))
-        optimizer.step()
-    optimizer.detach()
+    dp = DPPlan(
+        sample_rate=site.sample_rate,
+        steps=site.steps_per_round,
+        noise_multiplier=site.noise_multiplier,
+        expected_batch_size=batch,
+        accounting_delta=site.delta,
+    )
+    fit(model, x, y, hp=hp, dp=dp, seed=seed)
     weights = [p.detach() for p in model.state_dict().values()]
     if site.malicious and attack in ("sign-flip", "scaling"):
         factor = SIGN_FLIP_FACTOR if attack == "sign-flip" else SCALING_FACTOR

@@ -24,7 +24,7 @@ from securetrain.screening.checks import (
 
 SCREEN_MODES = ("drop", "warn", "off")
 
-__all__ = ["REASONS", "SCREEN_MODES", "ScreenReport", "screen"]
+__all__ = ["REASONS", "SCREEN_MODES", "ScreenReport", "describe_counts", "screen"]
 
 
 @dataclass
@@ -42,6 +42,9 @@ class ScreenReport:
     def counts(self) -> dict[str, int]:
         return {f.reason: int(f.flagged.sum()) for f in self.findings}
 
+    def describe(self) -> str:
+        return describe_counts(self.counts())
+
     def to_json(self, data: TabularData | None = None) -> dict:
         """``{"n_rows", "checks", "flagged": [{"row", "reasons", "score"}]}``; with ``data``,
         each flagged row also carries its values (only when the caller asked to show rows)."""
@@ -58,6 +61,11 @@ class ScreenReport:
                 entry["values"] = {n: table.column(n)[row].as_py() for n in table.column_names}
             flagged.append(entry)
         return {"n_rows": self.n_rows, "checks": self.counts(), "flagged": flagged}
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """``label_issue 3, spectral 1``: the checks that flagged anything, with their counts."""
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "nothing"
 
 
 def screen(data: TabularData, *, labels: bool = True, neural: bool = True) -> ScreenReport:

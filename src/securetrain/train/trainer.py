@@ -516,6 +516,17 @@ def screen_for_training(
     return data, summary
 
 
+def signing_section(signer: Signer | None) -> dict[str, str] | None:
+    """What the card says about the bundle's signature (None when unsigned)."""
+    if signer is None:
+        return None
+    return {
+        "signer": signer.fingerprint(),
+        "format": "OpenSSF model-signing, ECDSA P-256",
+        "signature_file": SIGNATURE,
+    }
+
+
 def _finish(
     config: TrainConfig,
     data: TabularData,
@@ -528,13 +539,7 @@ def _finish(
 ) -> TrainResult:
     """Evaluate on the held-out split, write the card, and write (and sign) the bundle."""
     pre = plan.preprocessor
-    signing = None
-    if keys.signer is not None:
-        signing = {
-            "signer": keys.signer.fingerprint(),
-            "format": "OpenSSF model-signing, ECDSA P-256",
-            "signature_file": SIGNATURE,
-        }
+    signing = signing_section(keys.signer)
     metrics = evaluate(model, enc.x_test, enc.y_test, len(pre.label.classes))
     metrics["note"] = "computed on the held-out split; metrics are not covered by the DP guarantee"
     card = ModelCard(
