@@ -4,6 +4,7 @@ FedAvg, SecAgg+, client-level DP (server-side clipping) or robust aggregation.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,14 +80,23 @@ def client_app(
     return ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if config.secagg else [])
 
 
-def strategy_for(config: FederatedConfig, initial: list[np.ndarray]) -> Strategy:
+def strategy_for(
+    config: FederatedConfig,
+    initial: list[np.ndarray] | None,
+    on_fit_metrics: Callable[[list[tuple[int, dict]]], dict[str, Any]] | None = None,
+) -> Strategy:
+    """The aggregation rule. Every site takes part in every round, and a round in which any
+    site fails fails the run (no silent aggregation over fewer sites). Without ``initial``
+    weights, Flower asks one site for its freshly initialised model."""
     common = dict(
         fraction_fit=1.0,
         fraction_evaluate=0.0,
         min_fit_clients=config.sites,
         min_available_clients=config.sites,
-        initial_parameters=ndarrays_to_parameters(initial),
+        accept_failures=False,
+        initial_parameters=None if initial is None else ndarrays_to_parameters(initial),
         on_fit_config_fn=lambda server_round: {"round": server_round},
+        fit_metrics_aggregation_fn=on_fit_metrics,
     )
     strategy: Strategy
     if config.aggregator == "krum":
@@ -114,6 +124,16 @@ def strategy_for(config: FederatedConfig, initial: list[np.ndarray]) -> Strategy
     return strategy
 
 
+def fit_workflow(config: FederatedConfig) -> SecAggPlusWorkflow | None:
+    """SecAgg+ when asked (every site shares its masks with all others; any one may drop out),
+    else Flower's default fit workflow."""
+    if not config.secagg:
+        return None
+    return SecAggPlusWorkflow(
+        num_shares=config.sites, reconstruction_threshold=max(2, config.sites - 1)
+    )
+
+
 def server_app(
     config: FederatedConfig, initial: list[np.ndarray], on_done: Callable[[list[np.ndarray]], None]
 ) -> ServerApp:
@@ -126,14 +146,7 @@ def server_app(
             config=ServerConfig(num_rounds=config.rounds),
             strategy=strategy_for(config, initial),
         )
-        fit = (
-            SecAggPlusWorkflow(
-                num_shares=config.sites, reconstruction_threshold=max(2, config.sites - 1)
-            )
-            if config.secagg
-            else None
-        )
-        DefaultWorkflow(fit_workflow=fit)(grid, legacy)
+        DefaultWorkflow(fit_workflow=fit_workflow(config))(grid, legacy)
         record = legacy.state.array_records[MAIN_PARAMS_RECORD]
         on_done([a.numpy() for a in record.values()])
 

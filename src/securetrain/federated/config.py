@@ -55,6 +55,15 @@ class FederatedConfig(BaseModel):
         return self.local_epochs or max(1, round(TOTAL_LOCAL_EPOCHS / self.rounds))
 
     @property
+    def site_lr(self) -> float:
+        return self.lr or (0.3 if self.model == "logreg" else 0.1)
+
+    @property
+    def site_clip(self) -> float:
+        """Per-sample clipping bound at the sites."""
+        return self.max_grad_norm or (0.2 if self.model == "logreg" else 1.0)
+
+    @property
     def dirichlet_alpha(self) -> float | None:
         match = re.fullmatch(r"dirichlet:([0-9.]+)", self.partition)
         return float(match.group(1)) if match else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +13,20 @@ import torch
 from torch import nn
 
 from securetrain.bundle import ModelCard, write_bundle
-from securetrain.bundle.card import DataSection, ModelSection, PrivacySection
+from securetrain.bundle.card import DataSection
 from securetrain.data import TabularData, split_mask
 from securetrain.data.preprocess import Preprocessor, declared_preprocessor
 from securetrain.errors import SecureTrainError
+from securetrain.federated.card import federated_card
 from securetrain.federated.config import FederatedConfig
 from securetrain.federated.sites import Site, partition, plan_site
 from securetrain.outputs import check_new_dir
-from securetrain.privacy import GaussianEvent, compute_epsilon, events_to_json
+from securetrain.privacy import events_to_json
 from securetrain.store import Store, ledger
 from securetrain.train import TrainConfig, evaluate
 from securetrain.train.models import architecture_for, build_model
 from securetrain.train.run import load_data
-from securetrain.train.trainer import resolve_keys, signing_section
+from securetrain.train.trainer import resolve_keys
 
 TEST_FRACTION = 0.3
 
@@ -63,14 +63,6 @@ def _sites(
             )
         )
     return sites, split_seed
-
-
-def _client_level_epsilon(config: FederatedConfig) -> float | None:
-    """With server-side client clipping every site takes part in every round: R Gaussian
-    mechanisms at the client noise multiplier (sensitivity: one site's clipped update)."""
-    if config.client_dp == "none":
-        return None
-    return compute_epsilon([GaussianEvent(config.client_noise, config.rounds)], delta=config.delta)
 
 
 def _reserve(
@@ -127,8 +119,7 @@ def simulate(config: FederatedConfig) -> FederatedResult:
     arch = architecture_for(
         config.model, n_features=pre.n_features, n_classes=len(pre.label.classes), image_shape=None
     )
-    lr = config.lr or (0.3 if config.model == "logreg" else 0.1)
-    clip = config.max_grad_norm or (0.2 if config.model == "logreg" else 1.0)
+    lr, clip = config.site_lr, config.site_clip
     store = Store(config.store)
     runs = _reserve(store, data, sites, config)
     if config.seed is not None:
@@ -161,29 +152,12 @@ def simulate(config: FederatedConfig) -> FederatedResult:
         "the global model on the pooled held-out rows of all sites (a simulation); not covered "
         "by the DP guarantee"
     )
-    worst = max(sites, key=lambda s: s.epsilon)
-    card = ModelCard(
-        model=ModelSection(
-            architecture=arch,
-            input_schema=[{"name": c.name, "kind": c.kind} for c in pre.columns],
-            preprocessing=pre,
-        ),
-        privacy=PrivacySection(
-            mechanism="federated-dp-sgd",
-            epsilon=worst.epsilon,
-            delta=config.delta,
-            delta_rule="given",
-            accountant="pld",
-            noise_multiplier=worst.noise_multiplier,
-            sample_rate=worst.sample_rate,
-            steps=worst.steps_per_round * config.rounds,
-            max_grad_norm=clip,
-            sampling="poisson",
-            secure_rng=config.seed is None,
-            preprocessing_epsilon_share=None,
-            events=events_to_json(worst.events),
-            warning=None,
-        ),
+    card = federated_card(
+        config=config,
+        pre=pre,
+        arch=arch,
+        lr=lr,
+        clip=clip,
         data=DataSection(
             source=data.source,
             label=data.label_name,
@@ -198,43 +172,10 @@ def simulate(config: FederatedConfig) -> FederatedResult:
                 "seed": split_seed,
             },
         ),
-        training={
-            "model": config.model,
-            "lr": lr,
-            "max_grad_norm": clip,
-            "local_epochs": config.epochs_per_round,
-            "optimizer": "sgd-momentum",
-        },
         metrics=metrics,
-        software={
-            "securetrain": version("securetrain"),
-            "torch": torch.__version__,
-            "flwr": version("flwr"),
-            "dp_accounting": version("dp-accounting"),
-        },
-        signing=signing_section(keys.signer),
-        federated={
-            "framework": "flower",
-            "sites": config.sites,
-            "rounds": config.rounds,
-            "partition": config.partition,
-            "aggregator": config.aggregator,
-            "secure_aggregation": "SecAgg+" if config.secagg else None,
-            "client_level_dp": None
-            if config.client_dp == "none"
-            else {
-                "clipping": config.client_dp,
-                "noise_multiplier": config.client_noise,
-                "clipping_norm": config.client_clip,
-                "epsilon": _client_level_epsilon(config),
-                "delta": config.delta,
-            },
-            "attack": None
-            if config.attack == "none"
-            else {"kind": config.attack, "malicious_sites": config.malicious},
-            "unit_of_privacy": "record, per site (each site's own DP-SGD)",
-            "site_privacy": [s.summary() for s in sites],
-        },
+        site_reports=[{**s.summary(), "events": events_to_json(s.events)} for s in sites],
+        signer=keys.signer,
+        mode="simulation",
     )
     bundle = write_bundle(config.out, model.state_dict(), card, signer=keys.signer)
     for site, run_id in zip(sites, runs, strict=True):

@@ -85,16 +85,19 @@ def plan_site(
     *,
     batch_size: int | None,
     rng: np.random.Generator,
+    n_noisy: float | None = None,
 ) -> Site:
     """The site's DP-SGD over all rounds: a noisy row count (10% of its ε), then Poisson-sampled
-    steps with noise calibrated so that both compose to the site's ε at δ (PLD)."""
+    steps with noise calibrated so that both compose to the site's ε at δ (PLD). A site that
+    already released its noisy count (``n_noisy``, in an earlier round) reuses it."""
     if len(y_train) < MIN_SITE_ROWS:
         raise DataError(
             f"Site {index} has {len(y_train)} training rows; each needs at least {MIN_SITE_ROWS} "
             "(use fewer sites, or a larger Dirichlet alpha)."
         )
     sigma_count = calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta)
-    n_noisy = max(1.0, len(y_train) + float(rng.normal(0, sigma_count)))
+    if n_noisy is None:
+        n_noisy = max(1.0, len(y_train) + float(rng.normal(0, sigma_count)))
     batch = batch_size or max(8, int(round(n_noisy / 4)))
     q = min(1.0, batch / n_noisy)
     steps_per_round = config.epochs_per_round * math.ceil(1 / q)

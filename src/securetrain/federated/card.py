@@ -1,0 +1,108 @@
+"""The model card of a federated run, simulated or deployed: the setting, and each site's own
+privacy loss (the card's headline ε is the largest)."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+import torch
+
+from securetrain.bundle import ModelCard, Signer
+from securetrain.bundle.card import Architecture, DataSection, ModelSection, PrivacySection
+from securetrain.data.preprocess import Preprocessor
+from securetrain.federated.config import FederatedConfig
+from securetrain.privacy import GaussianEvent, compute_epsilon
+from securetrain.train.trainer import signing_section
+
+SITE_FIELDS = ("epsilon", "n_train", "noise_multiplier", "sample_rate", "steps_per_round")
+
+
+def client_level_epsilon(config: FederatedConfig) -> float | None:
+    """With server-side client clipping every site takes part in every round: R Gaussian
+    mechanisms at the client noise multiplier (sensitivity: one site's clipped update)."""
+    if config.client_dp == "none":
+        return None
+    return compute_epsilon([GaussianEvent(config.client_noise, config.rounds)], delta=config.delta)
+
+
+def federated_card(
+    *,
+    config: FederatedConfig,
+    pre: Preprocessor,
+    arch: Architecture,
+    lr: float,
+    clip: float,
+    data: DataSection,
+    metrics: dict[str, Any],
+    site_reports: list[dict[str, Any]],
+    signer: Signer | None,
+    mode: str,
+) -> ModelCard:
+    """``site_reports``: per site, its summary (``SITE_FIELDS`` and more) and ``events`` (JSON)."""
+    worst = max(site_reports, key=lambda s: s["epsilon"])
+    return ModelCard(
+        model=ModelSection(
+            architecture=arch,
+            input_schema=[{"name": c.name, "kind": c.kind} for c in pre.columns],
+            preprocessing=pre,
+        ),
+        privacy=PrivacySection(
+            mechanism="federated-dp-sgd",
+            epsilon=worst["epsilon"],
+            delta=config.delta,
+            delta_rule="given",
+            accountant="pld",
+            noise_multiplier=worst["noise_multiplier"],
+            sample_rate=worst["sample_rate"],
+            steps=worst["steps_per_round"] * config.rounds,
+            max_grad_norm=clip,
+            sampling="poisson",
+            secure_rng=config.seed is None,
+            preprocessing_epsilon_share=None,
+            events=worst["events"],
+            warning=None,
+        ),
+        data=data,
+        training={
+            "model": config.model,
+            "lr": lr,
+            "max_grad_norm": clip,
+            "local_epochs": config.epochs_per_round,
+            "optimizer": "sgd-momentum",
+        },
+        metrics=metrics,
+        software={
+            "securetrain": version("securetrain"),
+            "torch": torch.__version__,
+            "flwr": version("flwr"),
+            "dp_accounting": version("dp-accounting"),
+        },
+        signing=signing_section(signer),
+        federated={
+            "framework": "flower",
+            "mode": mode,
+            "sites": config.sites,
+            "rounds": config.rounds,
+            "partition": config.partition if mode == "simulation" else "each site's own data",
+            "aggregator": config.aggregator,
+            "secure_aggregation": "SecAgg+" if config.secagg else None,
+            "client_level_dp": None
+            if config.client_dp == "none"
+            else {
+                "clipping": config.client_dp,
+                "noise_multiplier": config.client_noise,
+                "clipping_norm": config.client_clip,
+                "epsilon": client_level_epsilon(config),
+                "delta": config.delta,
+            },
+            "attack": None
+            if config.attack == "none"
+            else {"kind": config.attack, "malicious_sites": config.malicious},
+            "unit_of_privacy": "record, per site (each site's own DP-SGD)",
+            "site_privacy": [
+                {k: v for k, v in s.items() if k not in ("events", "preprocessor", "label")}
+                for s in site_reports
+            ],
+        },
+    )
