@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from securetrain.cli.common import (
+    DataPublicKeyOption,
     KeySetOption,
     PassphraseOption,
     StoreOption,
@@ -144,3 +145,199 @@ def simulate_command(
     )
     if card.signing is None:
         err_console.print("[yellow]warning: the bundle is not signed (give --key)[/yellow]")
+
+
+@federated_app.command("init-server")
+def init_server_command(
+    dir: Annotated[Path, typer.Option("--dir", help="Directory to create for the TLS files.")],
+    host: Annotated[
+        list[str],
+        typer.Option(help="Name or address sites dial (repeat for several); localhost is added."),
+    ],
+) -> None:
+    """Create the server's TLS certificate under a fresh CA; give sites the ca.pem."""
+    from securetrain.federated.pki import init_server
+
+    names = list(dict.fromkeys([*host, "localhost", "127.0.0.1"]))
+    files = init_server(dir, names)
+    audit("federated.tls_created", str(dir), {"hosts": names})
+    console.print(f"TLS certificate for {', '.join(names)} in {escape(str(dir))}")
+    console.print(f"give every site {escape(str(files.ca))} (public); keep server.key private")
+
+
+@federated_app.command("init-site")
+def init_site_command(
+    dir: Annotated[Path, typer.Option("--dir", help="Directory to create for the node key.")],
+) -> None:
+    """Create a site's node-authentication key pair; send node.pub to the server operator."""
+    from securetrain.federated.pki import init_site
+
+    files = init_site(dir)
+    audit("federated.node_key_created", str(dir), {})
+    console.print(
+        f"node key in {escape(str(files.private_key))} (keep it private); send "
+        f"{escape(str(files.public_key))} to the server operator"
+    )
+
+
+@federated_app.command("server")
+def server_command(
+    tls: Annotated[Path, typer.Option(help="The directory `federated init-server` created.")],
+    site_key: Annotated[list[Path], typer.Option(help="A site's node.pub (repeat once per site).")],
+    out: Annotated[Path, typer.Option(help="Directory to write the model bundle to (new).")],
+    epsilon: Annotated[float, typer.Option(help="Each site's privacy budget ε for this run.")],
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
+    secagg: Annotated[
+        bool, typer.Option("--secagg", help="SecAgg+: the server sees only the sum of updates.")
+    ] = False,
+    aggregator: Annotated[
+        str, typer.Option(help="fedavg, krum, median or trimmed-mean.")
+    ] = "fedavg",
+    delta: Annotated[float, typer.Option(help="δ of each site's guarantee.")] = 1e-5,
+    local_epochs: Annotated[
+        int | None,
+        typer.Option(help="Passes over its data per site per round (default: 10 in all)."),
+    ] = None,
+    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
+    batch_size: Annotated[
+        int | None, typer.Option(help="Expected Poisson batch size at each site.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate at the sites.")] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option(help="Per-sample clipping bound at the sites.")
+    ] = None,
+    client_dp: Annotated[
+        str,
+        typer.Option(help="Client-level DP by server-side clipping: none, fixed or adaptive."),
+    ] = "none",
+    client_noise: Annotated[float, typer.Option(help="Noise multiplier of client-level DP.")] = 0.0,
+    client_clip: Annotated[
+        float, typer.Option(help="Clipping bound of each site's update (initial, if adaptive).")
+    ] = 1.0,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 for sites on other machines).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the sites and the run.")
+    ] = 1800.0,
+    flower_log: Annotated[
+        Path | None, typer.Option(help="Keep the SuperLink's log in this file.")
+    ] = None,
+    key: KeySetOption = None,
+    passphrase_env: PassphraseOption = None,
+    store: StoreOption = None,
+) -> None:
+    """Run the federated server (Flower SuperLink): TLS, only the registered sites may join;
+    train once with them and write the signed bundle."""
+    from securetrain.federated.deployment import serve
+    from securetrain.federated.pki import ServerFiles
+
+    config = FederatedConfig(
+        data="federated deployment",
+        out=out,
+        epsilon=epsilon,
+        sites=len(site_key),
+        rounds=rounds,
+        secagg=secagg,
+        aggregator=aggregator,
+        delta=delta,
+        local_epochs=local_epochs,
+        model=model,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        lr=lr,
+        max_grad_norm=max_grad_norm,
+        client_dp=client_dp,
+        client_noise=client_noise,
+        client_clip=client_clip,
+        key_dir=key,
+        passphrase_env=passphrase_env,
+    )
+    with console.status("starting the SuperLink") as status:
+        result = serve(
+            config,
+            ServerFiles(tls),
+            site_key,
+            host=host,
+            port=port,
+            timeout=timeout,
+            log=flower_log,
+            progress=lambda message: status.update(escape(message)),
+        )
+    card = result.card
+    assert card.federated is not None
+    sites = card.federated["site_privacy"]
+    audit(
+        "federated.bundle_written",
+        str(result.bundle),
+        {"mode": "deployment", "run": result.run_id, "sites": sites},
+        store=store,
+    )
+    per_site = ", ".join(f"{s['name']}: ε = {s['epsilon']:.3f}" for s in sites)
+    console.print(f"[green]{per_site}[/green] at δ = {delta:.0e} (PLD), charged by each site")
+    console.print(
+        f"bundle: {escape(str(result.bundle))}, {'signed' if card.signing else 'unsigned'}"
+    )
+    if card.signing is None:
+        err_console.print("[yellow]warning: the bundle is not signed (give --key)[/yellow]")
+
+
+@federated_app.command("site")
+def site_command(
+    server: Annotated[str, typer.Option(help="The server's address, HOST:PORT.")],
+    ca: Annotated[Path, typer.Option(help="The server's ca.pem (from the server operator).")],
+    node_key: Annotated[Path, typer.Option(help="This site's node.key (`federated init-site`).")],
+    data: Annotated[
+        str,
+        typer.Option(help="This site's data: a sealed dataset, a CSV/Parquet file, builtin:NAME."),
+    ],
+    name: Annotated[str, typer.Option(help="This site's name on the card.")] = "site",
+    label: Annotated[str | None, typer.Option(help="Label column of a CSV/Parquet file.")] = None,
+    schema: Annotated[
+        Path | None, typer.Option(help="Schema declaring every column (needed for files).")
+    ] = None,
+    runtime_port: Annotated[
+        int, typer.Option(help="Local port between the SuperNode and its training process.")
+    ] = 9094,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a run to complete.")] = 1800.0,
+    flower_log: Annotated[
+        Path | None, typer.Option(help="Keep the SuperNode's log in this file.")
+    ] = None,
+    key: KeySetOption = None,
+    data_public_key: DataPublicKeyOption = None,
+    passphrase_env: PassphraseOption = None,
+    store: StoreOption = None,
+) -> None:
+    """Join a federated run as a site (Flower SuperNode): train on this site's own data with
+    DP-SGD, charged to its own budget, and exit when the run is complete."""
+    from securetrain.federated.deployment import SiteOptions, join
+    from securetrain.train import TrainConfig
+
+    train = TrainConfig(
+        data=data,
+        label=label,
+        schema_path=schema,
+        key_dir=key,
+        public_key=data_public_key,
+        passphrase_env=passphrase_env,
+        store=store,
+    )
+    with console.status("checking the data") as status:
+        report = join(
+            SiteOptions(
+                server=server,
+                ca=ca,
+                node_key=node_key,
+                train=train,
+                name=name,
+                runtime_port=runtime_port,
+                timeout=timeout,
+                log=flower_log,
+            ),
+            progress=lambda message: status.update(escape(message)),
+        )
+    audit("federated.site_completed", data, {"epsilon": report["epsilon"]}, store=store)
+    console.print(
+        f"[green]{escape(name)}: run complete; ε = {report['epsilon']:.3f} charged to this "
+        "site's budget[/green]"
+    )
