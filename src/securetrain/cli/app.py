@@ -17,6 +17,7 @@ from securetrain.cli.ledger import budget_app, log_app
 from securetrain.cli.predict import predict_command
 from securetrain.cli.screen import screen_command
 from securetrain.cli.sealed import inspect_command, seal_command, unseal_command, verify_command
+from securetrain.cli.serve import serve_command, users_app
 from securetrain.cli.train import train_command
 from securetrain.errors import BudgetExceeded, SecureTrainError, SecurityError
 from securetrain.store import Store, checkpoint
@@ -33,6 +34,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(budget_app, name="budget")
 app.add_typer(log_app, name="log")
 app.add_typer(federated_app, name="federated")
+app.add_typer(users_app, name="users")
 app.command("seal")(seal_command)
 app.command("inspect")(inspect_command)
 app.command("verify")(verify_command)
@@ -42,6 +44,7 @@ app.command("predict")(predict_command)
 app.command("screen")(screen_command)
 app.command("audit")(audit_command)
 app.command("demo")(demo_command)
+app.command("serve")(serve_command)
 
 EXIT_USER_ERROR = 2
 EXIT_SECURITY_FAILURE = 3

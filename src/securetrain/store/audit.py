@@ -13,6 +13,9 @@ import base64
 import getpass
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +38,23 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+_ACTOR: ContextVar[str | None] = ContextVar("securetrain_actor", default=None)
+
+
+@contextmanager
+def acting_as(name: str) -> Iterator[None]:
+    """Record ``name`` as the actor of every entry written in this block (the service's
+    authenticated user), instead of the operating-system user."""
+    token = _ACTOR.set(name)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
 def current_actor() -> str:
+    if (name := _ACTOR.get()) is not None:
+        return name
     try:
         return getpass.getuser()
     except (KeyError, OSError):

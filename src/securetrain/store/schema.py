@@ -65,3 +65,74 @@ audit_checkpoints = Table(
     Column("signer", String(80), nullable=False),
     Column("created_at", String(40), nullable=False),
 )
+
+# The team service: accounts, credentials, datasets registered with it, and jobs.
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Integer, nullable=False),
+    Column("created_at", String(40), nullable=False),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_name", String(64), ForeignKey("users.name"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("label", Text, nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("expires_at", String(40)),
+    Column("revoked_at", String(40)),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("last_failure", Float, nullable=False),
+)
+
+service_datasets = Table(
+    "service_datasets",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("owner", String(64), ForeignKey("users.name"), nullable=False, index=True),
+    Column("require_approval", Integer, nullable=False),
+    Column("created_at", String(40), nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("dataset_id", String(64), ForeignKey("service_datasets.id"), primary_key=True),
+    Column("analyst", String(64), ForeignKey("users.name"), primary_key=True),
+    Column("created_at", String(40), nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("dataset_id", String(64), ForeignKey("service_datasets.id"), nullable=False, index=True),
+    Column("submitter", String(64), ForeignKey("users.name"), nullable=False, index=True),
+    Column("state", String(24), nullable=False, index=True),
+    Column("params", Text, nullable=False),
+    Column("epsilon", Float, nullable=False),
+    Column("run_id", String(32)),
+    Column("parent", String(32)),
+    Column("progress", Float, nullable=False),
+    Column("log", Text, nullable=False),
+    Column("error", Text),
+    Column("created_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+)

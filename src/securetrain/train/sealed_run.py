@@ -153,13 +153,9 @@ def _complete(store: Store, run_id: str, result: TrainResult) -> TrainResult:
     return result
 
 
-def train_sealed(
-    config: TrainConfig,
-    keys: ResolvedKeys,
-    progress: ProgressCallback | None,
-    on_run: Callable[[str], None] | None = None,
-) -> TrainResult:
-    """Verify, reserve the planned privacy loss in the ledger, and only then decrypt and train."""
+def reserve_sealed(config: TrainConfig, keys: ResolvedKeys) -> str:
+    """Verify the sealed dataset and the key, plan the run's privacy loss from the header alone
+    and reserve it in the ledger (no decryption); returns the run id."""
     if config.no_dp:
         raise ConfigError(
             "--no-dp cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
@@ -168,9 +164,8 @@ def train_sealed(
     assert keys.provider is not None
     check_key(Path(config.data), keys.provider)  # a wrong key fails here, before any reservation
     events, epsilon, selection_delta = plan_privacy(config, header)
-    store = Store(config.store)
-    run_id = ledger.reserve(
-        store,
+    return ledger.reserve(
+        Store(config.store),
         dataset_id=header.dataset_id,
         manifest_digest=signed_manifest_digest(Path(config.data), SEALED_SIGNATURE),
         name=Path(config.data).name,
@@ -179,8 +174,20 @@ def train_sealed(
         delta_partition_selection=selection_delta,
         parameters=config.model_dump(mode="json"),
     )
-    if on_run is not None:
-        on_run(run_id)
+
+
+def train_reserved(
+    config: TrainConfig, keys: ResolvedKeys, run_id: str, progress: ProgressCallback | None
+) -> TrainResult:
+    """Train under an existing reservation: decrypt in memory, train, record what ran. A run
+    stopped before decryption releases its reservation; after, the charge stays."""
+    store = Store(config.store)
+    run = ledger.get_run(store, run_id)
+    header = verified_header(config, keys)
+    if header.dataset_id != run.dataset_id:
+        raise IntegrityError(
+            f"{config.data!r} is not the dataset that run {run_id} reserved budget on"
+        )
     decrypted = False
     try:
         data = open_verified(config, keys, header)
@@ -198,6 +205,19 @@ def train_sealed(
         )
         raise
     return _complete(store, run_id, result)
+
+
+def train_sealed(
+    config: TrainConfig,
+    keys: ResolvedKeys,
+    progress: ProgressCallback | None,
+    on_run: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Verify, reserve the planned privacy loss in the ledger, and only then decrypt and train."""
+    run_id = reserve_sealed(config, keys)
+    if on_run is not None:
+        on_run(run_id)
+    return train_reserved(config, keys, run_id, progress)
 
 
 RESUMABLE = ("running", "failed")

@@ -1,0 +1,116 @@
+"""``securetrain serve`` (the team service and its job worker) and ``securetrain users``."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from securetrain.cli.common import PassphraseOption, StoreOption, console
+from securetrain.errors import ConfigError
+
+users_app = typer.Typer(help="Accounts of the team service.", no_args_is_help=True)
+
+
+def _settings(
+    data_dir: Path, key: Path, passphrase_env: str | None, store: str | None, results: Path | None
+):  # type: ignore[no-untyped-def]
+    from securetrain.service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        store=store,
+        data_dir=data_dir,
+        key_dir=key,
+        passphrase_env=passphrase_env,
+        results_dir=results,
+    )
+    settings.check()
+    return settings
+
+
+def _worker(settings_json: str) -> None:
+    """The job worker, in its own process: jobs never run in a request handler."""
+    from securetrain.service.jobs import work
+    from securetrain.service.settings import ServiceSettings
+    from securetrain.store import Store
+
+    settings = ServiceSettings.model_validate_json(settings_json)
+    work(Store(settings.store), settings)
+
+
+def serve_command(
+    data_dir: Annotated[
+        Path, typer.Option(help="The only directory sealed datasets are registered from.")
+    ],
+    key: Annotated[
+        Path, typer.Option(help="The service's key set: decrypts sealed data, signs bundles.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    results: Annotated[
+        Path | None, typer.Option(help="Where finished jobs' bundles and audits are kept.")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Job worker processes.")] = 1,
+    passphrase_env: PassphraseOption = None,
+    store: StoreOption = None,
+) -> None:
+    """Run the team service: the HTTP API and dashboard, and job workers in their own
+    processes."""
+    import uvicorn
+
+    from securetrain.service.app import create_app
+
+    settings = _settings(data_dir, key, passphrase_env, store, results)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1. Found {workers}.")
+    context = multiprocessing.get_context("spawn")
+    procs = [
+        context.Process(target=_worker, args=(settings.model_dump_json(),), daemon=True)
+        for _ in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    console.print(f"securetrain service on http://{host}:{port}/ (API docs: /api/docs)")
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join(timeout=10)
+
+
+@users_app.command("add")
+def add_user_command(
+    name: Annotated[str, typer.Argument(help="The user name (lower case).")],
+    role: Annotated[str, typer.Option(help="owner, analyst, auditor or admin.")],
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding the password (else it is asked for)."),
+    ] = None,
+    store: StoreOption = None,
+) -> None:
+    """Create an account (the first admin is created this way)."""
+    from securetrain.service.auth import add_user
+    from securetrain.store import Store
+
+    if password_env is not None:
+        password = os.environ.get(password_env)
+        if password is None:
+            raise ConfigError(f"Environment variable {password_env} is not set.")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user = add_user(Store(store), name, role, password)
+    console.print(f"added {user.name} ({user.role})")
+
+
+@users_app.command("list")
+def list_users_command(store: StoreOption = None) -> None:
+    """The accounts, their roles and whether they are disabled."""
+    from securetrain.service.auth import list_users
+    from securetrain.store import Store
+
+    for u in list_users(Store(store)):
+        console.print(f"{u['name']:<24} {u['role']:<8} {'disabled' if u['disabled'] else 'active'}")

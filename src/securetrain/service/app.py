@@ -1,0 +1,404 @@
+"""The HTTP API and the dashboard. Every route names the roles it admits; no response carries a
+key or a row of data. Requests that touch a dataset, a job, a key or a user are written to the
+audit log with the authenticated user as actor."""
+
+import io
+import json
+import re
+import zipfile
+from collections.abc import Callable
+from importlib.metadata import version
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from securetrain.bundle import read_card, verify_bundle
+from securetrain.crypto.keys import KeySetPaths
+from securetrain.errors import BudgetExceeded, SecureTrainError, SecurityError
+from securetrain.service import auth, jobs, registry
+from securetrain.service.auth import AuthError, Throttled, User
+from securetrain.service.settings import ServiceSettings
+from securetrain.store import Store
+from securetrain.store.audit import acting_as, entries, record, verify_log
+
+HEX32 = r"^[0-9a-f]{32}$"
+AUDITED = re.compile(r"/api/v1/(datasets|jobs|users|tokens)(/|$)")
+DatasetId = Annotated[str, Path(pattern=HEX32, description="A dataset id (32 hex digits).")]
+JobId = Annotated[str, Path(pattern=HEX32, description="A job id (32 hex digits).")]
+UserName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_.-]{1,63}$")]
+ALL = ("owner", "analyst", "auditor", "admin")
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{1,63}$")
+    role: str = Field(pattern=r"^(owner|analyst|auditor|admin)$")
+    password: str = Field(min_length=12, max_length=1024)
+
+
+class NewToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(default="api", max_length=200)
+
+
+class NewDataset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=1024)
+    name: str | None = Field(default=None, max_length=200)
+    require_approval: bool = True
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epsilon: float = Field(gt=0, le=1000)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    require_approval: bool
+
+
+class Grant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    analyst: str = Field(pattern=r"^[a-z][a-z0-9_.-]{1,63}$")
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    settings.check()
+    store = Store(settings.store)
+    public_key = KeySetPaths(settings.key_dir).public_key
+    app = FastAPI(
+        title="securetrain",
+        version=version("securetrain"),
+        description="Secure model training for a team: sealed datasets, privacy budgets, "
+        "DP-SGD jobs, audits.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def current_user(
+        request: Request,
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> User:
+        if creds is None:
+            raise HTTPException(401, "Log in first.", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            user = auth.authenticate(store, creds.credentials)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+        request.state.actor = user.name
+        return user
+
+    @app.middleware("http")
+    async def audit_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """Every request on a dataset, job, user or token, allowed or refused, with its actor."""
+        response = await call_next(request)
+        if AUDITED.match(request.url.path):
+            actor = getattr(request.state, "actor", "anonymous")
+            await run_in_threadpool(
+                record,
+                store,
+                "http.request",
+                request.url.path[:300],
+                {"method": request.method, "status": response.status_code},
+                actor=actor,
+            )
+        return response
+
+    def role(*allowed: str) -> Callable[..., User]:
+        def check(user: Annotated[User, Depends(current_user)]) -> User:
+            if user.role not in allowed:
+                raise HTTPException(
+                    403, f"This needs the role {' or '.join(allowed)}; you are {user.role}."
+                )
+            return user
+
+        return check
+
+    Any_ = Annotated[User, Depends(role(*ALL))]
+    Admin = Annotated[User, Depends(role("admin", "auditor"))]
+    AdminOnly = Annotated[User, Depends(role("admin"))]
+    Owner = Annotated[User, Depends(role("owner"))]
+    Analyst = Annotated[User, Depends(role("analyst"))]
+    Reader = Annotated[User, Depends(role("owner", "analyst", "auditor"))]
+    Worker = Annotated[User, Depends(role("owner", "analyst"))]
+
+    @app.exception_handler(SecureTrainError)
+    def _errors(_request: Request, exc: SecureTrainError) -> JSONResponse:
+        if isinstance(exc, Throttled):
+            return JSONResponse(
+                {"detail": str(exc)},
+                status_code=429,
+                headers={"Retry-After": str(int(exc.retry_after) + 1)},
+            )
+        if isinstance(exc, AuthError):
+            return JSONResponse({"detail": str(exc)}, status_code=401)
+        if isinstance(exc, BudgetExceeded):
+            return JSONResponse({"detail": str(exc)}, status_code=409)
+        if isinstance(exc, SecurityError):
+            return JSONResponse({"detail": f"Verification failed: {exc}"}, status_code=422)
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(registry.NotVisible)
+    def _not_found(_request: Request, exc: registry.NotVisible) -> JSONResponse:
+        return JSONResponse({"detail": f"Not found: {exc}"}, status_code=404)
+
+    @app.exception_handler(registry.Forbidden)
+    def _forbidden(_request: Request, exc: registry.Forbidden) -> JSONResponse:
+        return JSONResponse({"detail": f"Not allowed on {exc}."}, status_code=403)
+
+    def _dataset(ds: registry.Dataset, user: User) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": ds.id,
+            "name": ds.name,
+            "owner": ds.owner,
+            "require_approval": ds.require_approval,
+            "budget": registry.budget(store, ds),
+        }
+        if user.role in ("owner", "auditor"):
+            doc["path"] = ds.path
+            doc["analysts"] = registry.analysts_of(store, ds.id)
+        return doc
+
+    # --- health and accounts ---------------------------------------------------------------
+
+    @app.get("/api/v1/health", tags=["service"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": version("securetrain")}
+
+    @app.post("/api/v1/auth/login", tags=["auth"])
+    def login(body: LoginRequest) -> dict[str, str]:
+        token, expires = auth.login(store, body.name, body.password)
+        return {"token": token, "expires_at": expires, "token_type": "bearer"}
+
+    @app.post("/api/v1/auth/logout", tags=["auth"])
+    def logout(user: Any_) -> dict[str, str]:
+        assert user.credential_id is not None
+        auth.revoke(store, user, user.credential_id)
+        return {"status": "logged out"}
+
+    @app.get("/api/v1/me", tags=["auth"])
+    def me(user: Any_) -> dict[str, str]:
+        return {"name": user.name, "role": user.role}
+
+    @app.get("/api/v1/tokens", tags=["auth"])
+    def tokens(user: Any_) -> list[dict]:
+        return auth.list_tokens(store, user)
+
+    @app.post("/api/v1/tokens", tags=["auth"], status_code=201)
+    def new_token(body: NewToken, user: Any_) -> dict[str, str]:
+        token, token_id = auth.create_api_token(store, user, body.label)
+        return {"id": token_id, "token": token, "note": "shown once; store it safely"}
+
+    @app.delete("/api/v1/tokens/{token_id}", tags=["auth"])
+    def revoke_token(token_id: JobId, user: Any_) -> dict[str, str]:
+        try:
+            auth.revoke(store, user, token_id)
+        except LookupError:
+            raise registry.NotVisible(token_id) from None
+        return {"status": "revoked"}
+
+    @app.get("/api/v1/users", tags=["users"])
+    def users(_user: AdminOnly) -> list[dict]:
+        return auth.list_users(store)
+
+    @app.post("/api/v1/users", tags=["users"], status_code=201)
+    def add_user(body: NewUser, user: AdminOnly) -> dict[str, str]:
+        with acting_as(user.name):
+            added = auth.add_user(store, body.name, body.role, body.password)
+        return {"name": added.name, "role": added.role}
+
+    @app.delete("/api/v1/users/{name}", tags=["users"])
+    def disable_user(name: UserName, user: AdminOnly) -> dict[str, str]:
+        if name == user.name:
+            raise HTTPException(400, "An admin cannot disable their own account.")
+        try:
+            with acting_as(user.name):
+                auth.disable_user(store, name)
+        except LookupError:
+            raise registry.NotVisible(name) from None
+        return {"status": "disabled"}
+
+    # --- datasets ------------------------------------------------------------------------
+
+    @app.get("/api/v1/datasets", tags=["datasets"])
+    def datasets(user: Reader) -> list[dict]:
+        return [_dataset(ds, user) for ds in registry.visible(store, user)]
+
+    @app.post("/api/v1/datasets", tags=["datasets"], status_code=201)
+    def register(body: NewDataset, user: Owner) -> dict:
+        with acting_as(user.name):
+            ds = registry.register(
+                store, settings, user, body.path, body.name, body.require_approval
+            )
+        return _dataset(ds, user)
+
+    @app.get("/api/v1/datasets/{dataset_id}", tags=["datasets"])
+    def dataset(dataset_id: DatasetId, user: Reader) -> dict:
+        ds = registry.get_visible(store, user, dataset_id)
+        record(store, "dataset.viewed", ds.id, {}, actor=user.name)
+        return _dataset(ds, user)
+
+    @app.put("/api/v1/datasets/{dataset_id}/budget", tags=["datasets"])
+    def set_budget(dataset_id: DatasetId, body: Budget, user: Owner) -> dict:
+        with acting_as(user.name):
+            registry.set_budget(store, settings, user, dataset_id, body.epsilon, body.delta)
+        return _dataset(registry.get_owned(store, user, dataset_id), user)
+
+    @app.put("/api/v1/datasets/{dataset_id}/policy", tags=["datasets"])
+    def set_policy(dataset_id: DatasetId, body: Policy, user: Owner) -> dict:
+        registry.set_policy(store, user, dataset_id, body.require_approval)
+        return _dataset(registry.get_owned(store, user, dataset_id), user)
+
+    @app.post("/api/v1/datasets/{dataset_id}/grants", tags=["datasets"], status_code=201)
+    def grant(dataset_id: DatasetId, body: Grant, user: Owner) -> dict:
+        registry.grant(store, user, dataset_id, body.analyst)
+        return _dataset(registry.get_owned(store, user, dataset_id), user)
+
+    @app.delete("/api/v1/datasets/{dataset_id}/grants/{analyst}", tags=["datasets"])
+    def revoke_grant(dataset_id: DatasetId, analyst: UserName, user: Owner) -> dict:
+        registry.revoke_grant(store, user, dataset_id, analyst)
+        return _dataset(registry.get_owned(store, user, dataset_id), user)
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    @app.get("/api/v1/jobs", tags=["jobs"])
+    def job_list(user: Reader) -> list[dict]:
+        return [j.public() for j in jobs.listing(store, user)]
+
+    @app.post("/api/v1/jobs", tags=["jobs"], status_code=201)
+    def submit(body: jobs.JobRequest, user: Analyst) -> dict:
+        return jobs.submit(store, settings, user, body).public()
+
+    @app.get("/api/v1/jobs/{job_id}", tags=["jobs"])
+    def job(job_id: JobId, user: Reader) -> dict:
+        return jobs.get(store, user, job_id).public()
+
+    @app.get("/api/v1/jobs/{job_id}/log", tags=["jobs"])
+    def job_log(job_id: JobId, user: Reader) -> dict[str, str]:
+        return {"log": jobs.get(store, user, job_id).log}
+
+    @app.post("/api/v1/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel(job_id: JobId, user: Worker) -> dict:
+        return jobs.cancel(store, user, job_id).public()
+
+    @app.post("/api/v1/jobs/{job_id}/approve", tags=["jobs"])
+    def approve(job_id: JobId, user: Owner) -> dict:
+        return jobs.decide(store, user, job_id, approve=True).public()
+
+    @app.post("/api/v1/jobs/{job_id}/reject", tags=["jobs"])
+    def reject(job_id: JobId, user: Owner) -> dict:
+        return jobs.decide(store, user, job_id, approve=False).public()
+
+    def _finished(job_id: str, user: User, kind: str) -> jobs.Job:
+        job = jobs.get(store, user, job_id)
+        if job.kind != kind or job.state != "succeeded":
+            raise HTTPException(
+                409, f"Job {job_id} is a {job.state} {job.kind} job; no {kind} result."
+            )
+        return job
+
+    @app.get("/api/v1/jobs/{job_id}/card", tags=["results"])
+    def card(job_id: JobId, user: Reader) -> dict:
+        job = _finished(job_id, user, "train")
+        return read_card(jobs.result_dir(settings, job.id) / "bundle").model_dump(
+            mode="json", by_alias=True
+        )
+
+    @app.get("/api/v1/jobs/{job_id}/verify", tags=["results"])
+    def verify(job_id: JobId, user: Reader) -> dict:
+        job = _finished(job_id, user, "train")
+        verified = verify_bundle(jobs.result_dir(settings, job.id) / "bundle", public_key)
+        record(store, "bundle.verified", job.id, {}, actor=user.name)
+        return {"verified": True, "epsilon": verified.privacy.epsilon, "signing": verified.signing}
+
+    @app.get(
+        "/api/v1/jobs/{job_id}/bundle",
+        tags=["results"],
+        response_class=Response,
+        responses={200: {"content": {"application/zip": {}}}},
+    )
+    def bundle(job_id: JobId, user: Worker) -> Response:
+        job = _finished(job_id, user, "train")
+        root = jobs.result_dir(settings, job.id) / "bundle"
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                zf.write(path, f"bundle/{path.relative_to(root)}")
+        record(store, "bundle.downloaded", job.id, {}, actor=user.name)
+        return Response(
+            buffer.getvalue(),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="securetrain-{job.id}.zip"'},
+        )
+
+    @app.get("/api/v1/jobs/{job_id}/audit", tags=["results"])
+    def audit_result(job_id: JobId, user: Reader) -> dict:
+        job = _finished(job_id, user, "audit")
+        return json.loads((jobs.result_dir(settings, job.id) / "audit" / "audit.json").read_text())
+
+    @app.get("/api/v1/jobs/{job_id}/report", tags=["results"], response_class=HTMLResponse)
+    def audit_report(job_id: JobId, user: Reader) -> HTMLResponse:
+        job = _finished(job_id, user, "audit")
+        html = (jobs.result_dir(settings, job.id) / "audit" / "audit.html").read_text()
+        return HTMLResponse(
+            html,
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+            },
+        )
+
+    # --- the audit log -------------------------------------------------------------------
+
+    @app.get("/api/v1/audit-log", tags=["audit log"])
+    def audit_log(user: Admin) -> list[dict]:
+        return [
+            {
+                "seq": e.seq,
+                "timestamp": e.timestamp,
+                "actor": e.actor,
+                "action": e.action,
+                "object": e.object,
+                "details": e.details,
+            }
+            for e in entries(store)[-500:]
+        ]
+
+    @app.get("/api/v1/audit-log/verify", tags=["audit log"])
+    def audit_log_verify(user: Admin) -> dict:
+        try:
+            count = verify_log(store)
+        except SecurityError as exc:
+            return {"verified": False, "problem": str(exc)}
+        return {"verified": True, "entries": count}
+
+    # --- the dashboard -------------------------------------------------------------------
+
+    page = files("securetrain.service").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; img-src data:; frame-src 'self'",
+                "X-Frame-Options": "SAMEORIGIN",
+            },
+        )
+
+    return app

@@ -1,0 +1,354 @@
+"""Jobs: submitted by analysts, approved by owners (or automatically within budget), run by a
+worker process, never in a request handler.
+
+A training job's ε is reserved in the ledger when it is submitted (from the sealed header
+alone, nothing decrypted). Rejecting or cancelling it before it runs releases the reservation;
+once the worker has decrypted the data, the charge stays. An audit job audits the bundle of a
+finished training job on the same dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import insert, select, update
+
+from securetrain.errors import ConfigError, SecureTrainError
+from securetrain.service.auth import User
+from securetrain.service.registry import (
+    Dataset,
+    Forbidden,
+    NotVisible,
+    dataset_by_id,
+    get_visible,
+    resolve_data_path,
+    visible,
+)
+from securetrain.service.settings import ServiceSettings
+from securetrain.store import Store, ledger
+from securetrain.store.audit import acting_as, append, now
+from securetrain.store.schema import jobs
+
+OPEN = ("awaiting_approval", "queued")
+ACTIVE = ("running", "cancelling")
+FINAL = ("succeeded", "failed", "cancelled", "rejected")
+PROGRESS_EVERY = 1.0  # seconds between progress writes
+
+
+class JobRequest(BaseModel):
+    """What an analyst asks for. Training settings are those of ``securetrain train``."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: str = Field(min_length=1, max_length=64)
+    kind: Literal["train", "audit"] = "train"
+    epsilon: float | None = Field(default=None, gt=0, le=100)
+    model: Literal["auto", "logreg", "mlp"] = "auto"
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    classes: list[str] | None = Field(default=None, min_length=2, max_length=100)
+    train_job: str | None = Field(default=None, max_length=32)
+    canaries: int = Field(default=0, ge=0, le=1000)
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    dataset_id: str
+    submitter: str
+    state: str
+    params: dict
+    epsilon: float
+    run_id: str | None
+    parent: str | None
+    progress: float
+    log: str
+    error: str | None
+    created_at: str
+    updated_at: str
+
+    def public(self) -> dict:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "dataset_id": self.dataset_id,
+            "submitter": self.submitter,
+            "state": self.state,
+            "params": self.params,
+            "epsilon": self.epsilon,
+            "progress": round(self.progress, 4),
+            "error": self.error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def _job(row) -> Job:  # type: ignore[no-untyped-def]
+    return Job(**{**row._asdict(), "params": json.loads(row.params)})
+
+
+def result_dir(settings: ServiceSettings, job_id: str) -> Path:
+    return settings.results / job_id
+
+
+def _train_config(settings: ServiceSettings, ds: Dataset, job_id: str, req: JobRequest):  # type: ignore[no-untyped-def]
+    from securetrain.train import TrainConfig
+
+    return TrainConfig(
+        data=str(resolve_data_path(settings, ds.path)),
+        out=result_dir(settings, job_id) / "bundle",
+        epsilon=req.epsilon,
+        model=req.model,
+        epochs=req.epochs,
+        classes=req.classes,
+        store=settings.store,
+        key_dir=settings.key_dir,
+        passphrase_env=settings.passphrase_env,
+    )
+
+
+def get(store: Store, user: User, job_id: str) -> Job:
+    """A job the user may see: their own, or one on a dataset they own; auditors see all."""
+    with store.transaction() as conn:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    if row is None:
+        raise NotVisible(job_id)
+    job = _job(row)
+    if user.role == "auditor" or job.submitter == user.name:
+        return job
+    if user.role == "owner" and any(d.id == job.dataset_id for d in visible(store, user)):
+        return job
+    raise NotVisible(job_id)
+
+
+def listing(store: Store, user: User) -> list[Job]:
+    query = select(jobs).order_by(jobs.c.created_at.desc()).limit(200)
+    if user.role == "analyst":
+        query = query.where(jobs.c.submitter == user.name)
+    elif user.role == "owner":
+        owned = [d.id for d in visible(store, user)]
+        query = query.where(jobs.c.dataset_id.in_(owned))
+    elif user.role != "auditor":
+        return []
+    with store.transaction() as conn:
+        return [_job(r) for r in conn.execute(query).all()]
+
+
+def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest) -> Job:
+    """Check access, reserve the ε (training) and queue the job, or hold it for approval."""
+    from securetrain.train.sealed_run import reserve_sealed
+    from securetrain.train.trainer import resolve_keys
+
+    ds = get_visible(store, user, req.dataset_id)
+    job_id = uuid.uuid4().hex
+    run_id, epsilon, parent = None, 0.0, None
+    if req.kind == "train":
+        if req.epsilon is None:
+            raise ConfigError("A training job needs epsilon (its privacy budget ε).")
+        config = _train_config(settings, ds, job_id, req)
+        with acting_as(user.name):
+            run_id = reserve_sealed(config, resolve_keys(config))
+        epsilon = req.epsilon
+    else:
+        if req.train_job is None:
+            raise ConfigError("An audit job needs train_job (a finished training job's id).")
+        train = get(store, user, req.train_job)
+        if train.kind != "train" or train.state != "succeeded" or train.dataset_id != ds.id:
+            raise ConfigError(
+                f"Job {req.train_job} is not a succeeded training job on dataset {ds.id}."
+            )
+        parent = train.id
+    state = "awaiting_approval" if ds.require_approval else "queued"
+    stamp = now()
+    with store.transaction() as conn:
+        conn.execute(
+            insert(jobs).values(
+                id=job_id,
+                kind=req.kind,
+                dataset_id=ds.id,
+                submitter=user.name,
+                state=state,
+                params=req.model_dump_json(),
+                epsilon=epsilon,
+                run_id=run_id,
+                parent=parent,
+                progress=0.0,
+                log="",
+                error=None,
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        )
+        append(
+            store,
+            conn,
+            "job.submitted",
+            job_id,
+            {"dataset_id": ds.id, "kind": req.kind, "epsilon": epsilon, "state": state},
+            actor=user.name,
+        )
+    return get(store, user, job_id)
+
+
+def _set_state(store: Store, job: Job, state: str, actor: str, expect: tuple[str, ...]) -> bool:
+    with store.transaction() as conn:
+        done = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id, jobs.c.state.in_(expect))
+            .values(state=state, updated_at=now())
+        )
+        if done.rowcount:
+            append(store, conn, f"job.{state}", job.id, {"from": list(expect)}, actor=actor)
+    return bool(done.rowcount)
+
+
+def _release(store: Store, job: Job, actor: str) -> None:
+    if job.run_id is not None:
+        with acting_as(actor):
+            ledger.transition(store, job.run_id, "released", details={"job": job.id})
+
+
+def decide(store: Store, user: User, job_id: str, approve: bool) -> Job:
+    """The dataset's owner approves or rejects a job awaiting approval."""
+    job = get(store, user, job_id)
+    if user.role != "owner" or job.dataset_id not in {d.id for d in visible(store, user)}:
+        raise Forbidden(job_id)
+    state = "queued" if approve else "rejected"
+    if not _set_state(store, job, state, user.name, ("awaiting_approval",)):
+        raise ConfigError(f"Job {job_id} is {job.state}, not awaiting approval.")
+    if not approve:
+        _release(store, job, user.name)
+    return get(store, user, job_id)
+
+
+def cancel(store: Store, user: User, job_id: str) -> Job:
+    """Its submitter or the dataset's owner cancels a job. Before it runs, its reservation is
+    released; a running job stops at its next step, and what it spent stays spent."""
+    job = get(store, user, job_id)
+    if user.role == "auditor":
+        raise Forbidden(job_id)
+    if _set_state(store, job, "cancelled", user.name, OPEN):
+        _release(store, job, user.name)
+    elif not _set_state(store, job, "cancelling", user.name, ("running",)):
+        raise ConfigError(f"Job {job_id} is {job.state}; it can no longer be cancelled.")
+    return get(store, user, job_id)
+
+
+class Cancelled(SecureTrainError):
+    """The job was cancelled while it ran."""
+
+
+class _Recorder:
+    """Progress and log lines from the worker to the job's row, at most once a second."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.store, self.job_id, self.last, self.lines = store, job_id, 0.0, []
+
+    def log(self, line: str) -> None:
+        self.lines.append(f"{now()} {line}")
+        self.flush(force=True)
+
+    def flush(self, progress: float | None = None, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last < PROGRESS_EVERY:
+            return
+        self.last = time.monotonic()
+        values: dict = {"log": "\n".join(self.lines[-500:]), "updated_at": now()}
+        if progress is not None:
+            values["progress"] = progress
+        with self.store.transaction() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == self.job_id).values(**values))
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == self.job_id)).scalar()
+        if state == "cancelling":
+            raise Cancelled(f"Job {self.job_id} was cancelled.")
+
+
+def claim(store: Store) -> Job | None:
+    """Take the oldest queued job for this worker (an atomic state change)."""
+    with store.transaction() as conn:
+        row = conn.execute(
+            select(jobs).where(jobs.c.state == "queued").order_by(jobs.c.created_at).limit(1)
+        ).first()
+        if row is None:
+            return None
+        done = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == row.id, jobs.c.state == "queued")
+            .values(state="running", updated_at=now())
+        )
+        if not done.rowcount:
+            return None
+        append(store, conn, "job.running", row.id, {}, actor=row.submitter)
+    return _job(row)
+
+
+def run(store: Store, settings: ServiceSettings, job: Job) -> None:
+    """Run a claimed job to its end state."""
+    from securetrain.attacks.audit import run_audit, write_audit
+    from securetrain.train.run import load_data
+    from securetrain.train.sealed_run import train_reserved
+    from securetrain.train.trainer import resolve_keys
+
+    recorder = _Recorder(store, job.id)
+    req = JobRequest.model_validate(job.params)
+    ds = dataset_by_id(store, job.dataset_id)
+    result_dir(settings, job.id).mkdir(mode=0o700)
+    config = _train_config(settings, ds, job.id, req)
+    keys = resolve_keys(config)
+    state, error = "succeeded", None
+    try:
+        with acting_as(job.submitter):
+            if job.kind == "train":
+                assert job.run_id is not None
+                recorder.log(f"training on {ds.name} at ε = {job.epsilon}")
+
+                def progress(info) -> None:  # type: ignore[no-untyped-def]
+                    recorder.flush(progress=info.step / max(1, info.steps))
+
+                result = train_reserved(config, keys, job.run_id, progress)
+                recorder.log(f"bundle written and signed; ε = {result.card.privacy.epsilon:.4f}")
+            else:
+                assert job.parent is not None
+                recorder.log(f"auditing the model of job {job.parent}")
+                data = load_data(config)
+                audit = run_audit(
+                    result_dir(settings, job.parent) / "bundle",
+                    data,
+                    canaries=req.canaries,
+                    progress=lambda info: recorder.flush(progress=info.step / max(1, info.steps)),
+                )
+                write_audit(result_dir(settings, job.id) / "audit", audit)
+                recorder.log("audit written")
+    except Cancelled:
+        state = "cancelled"
+    except SecureTrainError as exc:
+        state, error = "failed", str(exc)
+    except Exception as exc:  # a bug: keep the worker alive, record the job as failed
+        state, error = "failed", f"internal error: {type(exc).__name__}"
+        recorder.lines.append(traceback.format_exc(limit=5))
+    values: dict = {"state": state, "error": error, "updated_at": now()}
+    values["log"] = "\n".join(recorder.lines[-500:])
+    if state == "succeeded":
+        values["progress"] = 1.0
+    with store.transaction() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
+        append(store, conn, f"job.{state}", job.id, {"error": error}, actor=job.submitter)
+
+
+def work(store: Store, settings: ServiceSettings, *, once: bool = False, idle: float = 1.0) -> int:
+    """The worker loop: run queued jobs one at a time. ``once``: stop when none is queued."""
+    done = 0
+    while True:
+        job = claim(store)
+        if job is None:
+            if once:
+                return done
+            time.sleep(idle)
+            continue
+        run(store, settings, job)
+        done += 1

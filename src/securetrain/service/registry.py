@@ -1,0 +1,221 @@
+"""Datasets registered with the service, who owns them, and which analysts may use them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select, update
+
+from securetrain.crypto.keys import KeySetPaths
+from securetrain.crypto.signing import signed_manifest_digest
+from securetrain.errors import ConfigError, DataError
+from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
+from securetrain.sealed import verify_sealed
+from securetrain.service.auth import User
+from securetrain.service.settings import ServiceSettings
+from securetrain.store import Store, ledger
+from securetrain.store.audit import append, now
+from securetrain.store.schema import grants, service_datasets, users
+
+SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,7}")
+
+
+class NotVisible(LookupError):
+    """No such object for this user (it may exist, but they may not know of it): HTTP 404."""
+
+
+class Forbidden(PermissionError):
+    """The user knows of the object but may not do this to it: HTTP 403."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    name: str
+    path: str
+    owner: str
+    require_approval: bool
+
+
+def resolve_data_path(settings: ServiceSettings, relative: str) -> Path:
+    """A path inside the data directory, given as a plain relative path: no absolute paths, no
+    ``..``, no hidden files, no odd characters, no symlinks out of the directory."""
+    if not SAFE_PATH.fullmatch(relative) or ".." in relative.split("/"):
+        raise ConfigError(
+            "A dataset path is relative to the service's data directory, made of letters, digits, "
+            f"'.', '_', '-' and '/', with no '..'. Found {relative!r}."
+        )
+    root = settings.data_dir.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"{relative!r} leads outside the data directory.")
+    if not path.exists():
+        raise DataError(f"No file {relative!r} in the data directory.")
+    return path
+
+
+def _row_to_dataset(row) -> Dataset:  # type: ignore[no-untyped-def]
+    return Dataset(row.id, row.name, row.path, row.owner, bool(row.require_approval))
+
+
+def register(
+    store: Store,
+    settings: ServiceSettings,
+    owner: User,
+    relative: str,
+    name: str | None,
+    require_approval: bool,
+) -> Dataset:
+    """Register a sealed dataset after checking its signature with the service's public key."""
+    path = resolve_data_path(settings, relative)
+    header = verify_sealed(path, KeySetPaths(settings.key_dir).public_key)
+    label = (name or path.name)[:200]
+    with store.transaction() as conn:
+        if conn.execute(
+            select(service_datasets.c.id).where(service_datasets.c.id == header.dataset_id)
+        ).first():
+            raise ConfigError(f"Dataset {header.dataset_id} is already registered.")
+        conn.execute(
+            insert(service_datasets).values(
+                id=header.dataset_id,
+                name=label,
+                path=relative,
+                owner=owner.name,
+                require_approval=int(require_approval),
+                created_at=now(),
+            )
+        )
+        append(
+            store,
+            conn,
+            "dataset.registered",
+            header.dataset_id,
+            {"path": relative, "require_approval": require_approval},
+            actor=owner.name,
+        )
+    return Dataset(header.dataset_id, label, relative, owner.name, require_approval)
+
+
+def visible(store: Store, user: User) -> list[Dataset]:
+    """Owners see theirs, analysts those granted to them, auditors all."""
+    query = select(service_datasets).order_by(service_datasets.c.created_at)
+    if user.role == "owner":
+        query = query.where(service_datasets.c.owner == user.name)
+    elif user.role == "analyst":
+        query = query.join(grants, grants.c.dataset_id == service_datasets.c.id).where(
+            grants.c.analyst == user.name
+        )
+    elif user.role != "auditor":
+        return []
+    with store.transaction() as conn:
+        return [_row_to_dataset(r) for r in conn.execute(query).all()]
+
+
+def dataset_by_id(store: Store, dataset_id: str) -> Dataset:
+    """For the worker, which acts on jobs already authorised."""
+    with store.transaction() as conn:
+        row = conn.execute(
+            select(service_datasets).where(service_datasets.c.id == dataset_id)
+        ).first()
+    if row is None:
+        raise NotVisible(dataset_id)
+    return _row_to_dataset(row)
+
+
+def get_visible(store: Store, user: User, dataset_id: str) -> Dataset:
+    for ds in visible(store, user):
+        if ds.id == dataset_id:
+            return ds
+    raise NotVisible(dataset_id)
+
+
+def get_owned(store: Store, user: User, dataset_id: str) -> Dataset:
+    ds = get_visible(store, user, dataset_id)
+    if ds.owner != user.name:
+        raise Forbidden(dataset_id)
+    return ds
+
+
+def budget(store: Store, ds: Dataset) -> dict:
+    """The ledger's view of the dataset's budget (defaults until first set or spent)."""
+    try:
+        status = ledger.status(store, ds.id)
+    except DataError:
+        return {"epsilon_budget": None, "spent": 0.0, "reserved": 0.0, "remaining": None}
+    return {
+        "epsilon_budget": status.epsilon_budget,
+        "delta": status.delta,
+        "spent": status.spent,
+        "reserved": status.reserved,
+        "remaining": status.remaining,
+    }
+
+
+def set_budget(
+    store: Store,
+    settings: ServiceSettings,
+    owner: User,
+    dataset_id: str,
+    epsilon: float,
+    delta: float,
+) -> None:
+    ds = get_owned(store, owner, dataset_id)
+    path = resolve_data_path(settings, ds.path)
+    ledger.set_budget(
+        store,
+        dataset_id=ds.id,
+        manifest_digest=signed_manifest_digest(path, SEALED_SIGNATURE),
+        name=ds.name,
+        epsilon=epsilon,
+        delta=delta,
+    )
+
+
+def set_policy(store: Store, owner: User, dataset_id: str, require_approval: bool) -> None:
+    ds = get_owned(store, owner, dataset_id)
+    with store.transaction() as conn:
+        conn.execute(
+            update(service_datasets)
+            .where(service_datasets.c.id == ds.id)
+            .values(require_approval=int(require_approval))
+        )
+        append(
+            store,
+            conn,
+            "dataset.policy",
+            ds.id,
+            {"require_approval": require_approval},
+            actor=owner.name,
+        )
+
+
+def grant(store: Store, owner: User, dataset_id: str, analyst: str) -> None:
+    ds = get_owned(store, owner, dataset_id)
+    with store.transaction() as conn:
+        row = conn.execute(select(users).where(users.c.name == analyst)).first()
+        if row is None or row.role != "analyst" or row.disabled:
+            raise ConfigError(f"{analyst!r} is not an active analyst.")
+        conn.execute(
+            delete(grants).where(grants.c.dataset_id == ds.id, grants.c.analyst == analyst)
+        )
+        conn.execute(insert(grants).values(dataset_id=ds.id, analyst=analyst, created_at=now()))
+        append(store, conn, "dataset.granted", ds.id, {"analyst": analyst}, actor=owner.name)
+
+
+def revoke_grant(store: Store, owner: User, dataset_id: str, analyst: str) -> None:
+    ds = get_owned(store, owner, dataset_id)
+    with store.transaction() as conn:
+        done = conn.execute(
+            delete(grants).where(grants.c.dataset_id == ds.id, grants.c.analyst == analyst)
+        )
+        if not done.rowcount:
+            raise NotVisible(analyst)
+        append(store, conn, "dataset.grant_revoked", ds.id, {"analyst": analyst}, actor=owner.name)
+
+
+def analysts_of(store: Store, dataset_id: str) -> list[str]:
+    with store.transaction() as conn:
+        rows = conn.execute(select(grants.c.analyst).where(grants.c.dataset_id == dataset_id)).all()
+    return sorted(r.analyst for r in rows)
