@@ -57,3 +57,10 @@ def test_federated_robustness_smoke() -> None:
         ("median", "sign-flip", 1),
     ]
     assert runs[1]["test_auc"] > runs[0]["test_auc"]
+
+
+def test_service_load_smoke() -> None:
+    figures = run_smoke("service_load.py")
+    assert figures["clients"] == 5 and figures["requests"] > 10
+    assert figures["errors"] == 0, figures["error_kinds"]
+    assert 0 < figures["latency_ms"]["p50"] <= figures["latency_ms"]["p99"]

@@ -9,6 +9,7 @@ its charge; a finished run's charge is replaced by the events that actually ran.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import uuid
@@ -82,7 +83,14 @@ def composed(charges: list[RunCharge], delta: float) -> float:
         return 0.0
     if remaining_delta <= 0:
         return math.inf
-    return compute_epsilon(events, delta=remaining_delta)
+    return _epsilon_of(tuple(events), remaining_delta)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epsilon_of(events: tuple[Event, ...], delta: float) -> float:
+    """Composition is a pure function of the (frozen) events: budgets polled again and again
+    (the service's dashboards) are composed once per change."""
+    return compute_epsilon(list(events), delta=delta)
 
 
 def set_budget(
