@@ -86,7 +86,7 @@ def add_user(store: Store, name: str, role: str, password: str) -> User:
 
 
 def list_users(store: Store) -> list[dict]:
-    with store.transaction() as conn:
+    with store.read() as conn:
         rows = conn.execute(select(users).order_by(users.c.name)).all()
     return [
         {"name": r.name, "role": r.role, "disabled": bool(r.disabled), "created_at": r.created_at}
@@ -185,7 +185,7 @@ def create_api_token(store: Store, user: User, label: str) -> tuple[str, str]:
 
 
 def list_tokens(store: Store, user: User) -> list[dict]:
-    with store.transaction() as conn:
+    with store.read() as conn:
         rows = conn.execute(
             select(credentials)
             .where(credentials.c.user_name == user.name, credentials.c.kind == "api")
@@ -223,7 +223,7 @@ def authenticate(store: Store, token: str) -> User:
     if match is None:
         raise AuthError("Malformed token.")
     kind, token_id, secret = match.groups()
-    with store.transaction() as conn:
+    with store.read() as conn:
         row = conn.execute(
             select(credentials, users.c.role, users.c.disabled)
             .join(users, users.c.name == credentials.c.user_name)

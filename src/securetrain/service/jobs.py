@@ -115,7 +115,7 @@ def _train_config(settings: ServiceSettings, ds: Dataset, job_id: str, req: JobR
 
 def get(store: Store, user: User, job_id: str) -> Job:
     """A job the user may see: their own, or one on a dataset they own; auditors see all."""
-    with store.transaction() as conn:
+    with store.read() as conn:
         row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
     if row is None:
         raise NotVisible(job_id)
@@ -136,7 +136,7 @@ def listing(store: Store, user: User) -> list[Job]:
         query = query.where(jobs.c.dataset_id.in_(owned))
     elif user.role != "auditor":
         return []
-    with store.transaction() as conn:
+    with store.read() as conn:
         return [_job(r) for r in conn.execute(query).all()]
 
 

@@ -109,13 +109,13 @@ def visible(store: Store, user: User) -> list[Dataset]:
         )
     elif user.role != "auditor":
         return []
-    with store.transaction() as conn:
+    with store.read() as conn:
         return [_row_to_dataset(r) for r in conn.execute(query).all()]
 
 
 def dataset_by_id(store: Store, dataset_id: str) -> Dataset:
     """For the worker, which acts on jobs already authorised."""
-    with store.transaction() as conn:
+    with store.read() as conn:
         row = conn.execute(
             select(service_datasets).where(service_datasets.c.id == dataset_id)
         ).first()
@@ -216,6 +216,6 @@ def revoke_grant(store: Store, owner: User, dataset_id: str, analyst: str) -> No
 
 
 def analysts_of(store: Store, dataset_id: str) -> list[str]:
-    with store.transaction() as conn:
+    with store.read() as conn:
         rows = conn.execute(select(grants.c.analyst).where(grants.c.dataset_id == dataset_id)).all()
     return sorted(r.analyst for r in rows)

@@ -19,6 +19,7 @@ from securetrain.errors import ConfigError
 
 HOME_ENV = "SECURETRAIN_HOME"
 STORE_ENV = "SECURETRAIN_STORE"
+READ_ONLY = "securetrain_read_only"
 OPENED: set[str] = set()  # store URLs opened by this process, for end-of-command checkpoints
 
 
@@ -43,7 +44,7 @@ def _sqlite_serialising(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.info.get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -82,6 +83,18 @@ class Store:
     def transaction(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction: a consistent snapshot that does not take SQLite's write
+        lock, so reads (the service's polling) do not queue behind writers."""
+        with self.engine.connect() as conn:
+            conn.info[READ_ONLY] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info.pop(READ_ONLY, None)
 
     def lock_audit(self, conn: Connection) -> None:
         """Serialise appends to the audit log (SQLite: already, by BEGIN IMMEDIATE)."""

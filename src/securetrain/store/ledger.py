@@ -143,7 +143,7 @@ def set_budget(
 
 
 def status(store: Store, dataset_id: str) -> BudgetStatus:
-    with store.engine.connect() as conn:
+    with store.read() as conn:
         ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).first()
         if ds is None:
             raise DataError(
