@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import re
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from securetrain.bundle import verify_bundle
 from securetrain.crypto.keys import KeySetPaths
 from securetrain.service.app import create_app
 from securetrain.service.jobs import work
+from securetrain.store import ledger
 from securetrain.store.audit import entries, verify_log
 from tests.service_world import PASSWORD, build_world
 
@@ -310,3 +313,30 @@ def test_sessions_tokens_throttling_and_disabled_accounts(service) -> None:
     assert client.get("/api/v1/me", headers=audrey).status_code == 401
     r = client.post("/api/v1/auth/login", json={"name": "audrey", "password": PASSWORD})
     assert r.status_code == 401
+
+
+def test_cancelling_a_running_job_stops_it_and_keeps_its_charge(service) -> None:
+    world, client = service
+    ids = _setup(world, client)
+    ana = login(client, "ana")
+    r = client.post(
+        "/api/v1/jobs", json={"dataset_id": ids["a"], "epsilon": 1.0, "epochs": 400}, headers=ana
+    )
+    job = r.json()["id"]
+    worker = threading.Thread(
+        target=work, args=(world.store, world.settings), kwargs={"once": True}
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    while client.get(f"/api/v1/jobs/{job}", headers=ana).json()["progress"] <= 0:
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.2)
+    assert client.post(f"/api/v1/jobs/{job}/cancel", headers=ana).json()["state"] == "cancelling"
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    done = client.get(f"/api/v1/jobs/{job}", headers=ana).json()
+    assert done["state"] == "cancelled" and done["progress"] < 1.0
+    assert client.get(f"/api/v1/jobs/{job}/bundle", headers=ana).status_code == 409
+    # The data was decrypted and used: the charge stays in the ledger.
+    status = ledger.status(world.store, ids["a"])
+    assert [run.state for run in status.runs] == ["failed"] and status.reserved > 0.9
