@@ -19,6 +19,46 @@ from securetrain.cli.common import (
 )
 from securetrain.federated.config import FederatedConfig
 
+# Options shared by `simulate` and `server`.
+OutOption = Annotated[Path, typer.Option(help="Directory to write the model bundle to (new).")]
+EpsilonOption = Annotated[float, typer.Option(help="Each site's privacy budget ε for this run.")]
+RoundsOption = Annotated[int, typer.Option(help="Federated rounds.")]
+SecaggOption = Annotated[
+    bool, typer.Option("--secagg", help="SecAgg+: the server sees only the sum of updates.")
+]
+AggregatorOption = Annotated[str, typer.Option(help="fedavg, krum, median or trimmed-mean.")]
+DeltaOption = Annotated[float, typer.Option(help="δ of each site's guarantee.")]
+LocalEpochsOption = Annotated[
+    int | None, typer.Option(help="Passes over its data per site per round (default: 10 in all).")
+]
+ModelOption = Annotated[str, typer.Option(help="logreg or mlp.")]
+BatchSizeOption = Annotated[
+    int | None, typer.Option(help="Expected Poisson batch size at each site.")
+]
+LrOption = Annotated[float | None, typer.Option(help="Learning rate at the sites.")]
+MaxGradNormOption = Annotated[
+    float | None, typer.Option(help="Per-sample clipping bound at the sites.")
+]
+ClientDpOption = Annotated[
+    str, typer.Option(help="Client-level DP by server-side clipping: none, fixed or adaptive.")
+]
+ClientNoiseOption = Annotated[float, typer.Option(help="Noise multiplier of client-level DP.")]
+ClientClipOption = Annotated[
+    float, typer.Option(help="Clipping bound of each site's update (initial, if adaptive).")
+]
+
+
+def _config(options: dict, **settings: object) -> FederatedConfig:
+    """The run's settings from a command's options (same names, but --key and --schema)."""
+    renamed = {"key": "key_dir", "schema": "schema_path"}
+    fields = {
+        renamed.get(k, k): v
+        for k, v in options.items()
+        if renamed.get(k, k) in FederatedConfig.model_fields
+    }
+    return FederatedConfig(**fields, **settings)
+
+
 federated_app = typer.Typer(
     help="Federated training on Flower: secure aggregation, per-site DP, robust aggregation.",
     no_args_is_help=True,
@@ -30,44 +70,28 @@ def simulate_command(
     data: Annotated[
         str, typer.Option(help="builtin:NAME, a CSV/Parquet file, or a sealed dataset.")
     ],
-    out: Annotated[Path, typer.Option(help="Directory to write the model bundle to (new).")],
-    epsilon: Annotated[float, typer.Option(help="Each site's privacy budget ε for this run.")],
+    out: OutOption,
+    epsilon: EpsilonOption,
     sites: Annotated[int, typer.Option(help="Number of sites the data is split across.")] = 3,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
+    rounds: RoundsOption = 3,
     partition: Annotated[
         str, typer.Option(help="iid, or dirichlet:ALPHA for label skew across sites.")
     ] = "iid",
-    secagg: Annotated[
-        bool, typer.Option("--secagg", help="SecAgg+: the server sees only the sum of updates.")
-    ] = False,
-    aggregator: Annotated[
-        str, typer.Option(help="fedavg, krum, median or trimmed-mean.")
-    ] = "fedavg",
+    secagg: SecaggOption = False,
+    aggregator: AggregatorOption = "fedavg",
     attack: Annotated[
         str, typer.Option(help="Simulated attack: none, label-flip, sign-flip or scaling.")
     ] = "none",
     malicious: Annotated[int, typer.Option(help="How many sites attack.")] = 0,
-    delta: Annotated[float, typer.Option(help="δ of each site's guarantee.")] = 1e-5,
-    local_epochs: Annotated[
-        int | None,
-        typer.Option(help="Passes over its data per site per round (default: 10 in all)."),
-    ] = None,
-    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
-    batch_size: Annotated[
-        int | None, typer.Option(help="Expected Poisson batch size at each site.")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate at the sites.")] = None,
-    max_grad_norm: Annotated[
-        float | None, typer.Option(help="Per-sample clipping bound at the sites.")
-    ] = None,
-    client_dp: Annotated[
-        str,
-        typer.Option(help="Client-level DP by server-side clipping: none, fixed or adaptive."),
-    ] = "none",
-    client_noise: Annotated[float, typer.Option(help="Noise multiplier of client-level DP.")] = 0.0,
-    client_clip: Annotated[
-        float, typer.Option(help="Clipping bound of each site's update (initial, if adaptive).")
-    ] = 1.0,
+    delta: DeltaOption = 1e-5,
+    local_epochs: LocalEpochsOption = None,
+    model: ModelOption = "logreg",
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
+    max_grad_norm: MaxGradNormOption = None,
+    client_dp: ClientDpOption = "none",
+    client_noise: ClientNoiseOption = 0.0,
+    client_clip: ClientClipOption = 1.0,
     site_budget: Annotated[
         float | None, typer.Option(help="Set each simulated site's total budget ε first.")
     ] = None,
@@ -85,34 +109,7 @@ def simulate_command(
     """Simulate sites on this machine (Flower's simulation engine) and write a bundle."""
     from securetrain.federated.simulate import simulate
 
-    config = FederatedConfig(
-        data=data,
-        out=out,
-        epsilon=epsilon,
-        sites=sites,
-        rounds=rounds,
-        partition=partition,
-        secagg=secagg,
-        aggregator=aggregator,
-        attack=attack,
-        malicious=malicious,
-        delta=delta,
-        local_epochs=local_epochs,
-        model=model,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        lr=lr,
-        max_grad_norm=max_grad_norm,
-        client_dp=client_dp,
-        client_noise=client_noise,
-        client_clip=client_clip,
-        site_budget=site_budget,
-        label=label,
-        schema_path=schema,
-        key_dir=key,
-        passphrase_env=passphrase_env,
-        store=store,
-        seed=seed,
-    )
+    config = _config(locals())
     config.validate_choices()
     if seed is not None:
         err_console.print(
@@ -184,36 +181,20 @@ def init_site_command(
 def server_command(
     tls: Annotated[Path, typer.Option(help="The directory `federated init-server` created.")],
     site_key: Annotated[list[Path], typer.Option(help="A site's node.pub (repeat once per site).")],
-    out: Annotated[Path, typer.Option(help="Directory to write the model bundle to (new).")],
-    epsilon: Annotated[float, typer.Option(help="Each site's privacy budget ε for this run.")],
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
-    secagg: Annotated[
-        bool, typer.Option("--secagg", help="SecAgg+: the server sees only the sum of updates.")
-    ] = False,
-    aggregator: Annotated[
-        str, typer.Option(help="fedavg, krum, median or trimmed-mean.")
-    ] = "fedavg",
-    delta: Annotated[float, typer.Option(help="δ of each site's guarantee.")] = 1e-5,
-    local_epochs: Annotated[
-        int | None,
-        typer.Option(help="Passes over its data per site per round (default: 10 in all)."),
-    ] = None,
-    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
-    batch_size: Annotated[
-        int | None, typer.Option(help="Expected Poisson batch size at each site.")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate at the sites.")] = None,
-    max_grad_norm: Annotated[
-        float | None, typer.Option(help="Per-sample clipping bound at the sites.")
-    ] = None,
-    client_dp: Annotated[
-        str,
-        typer.Option(help="Client-level DP by server-side clipping: none, fixed or adaptive."),
-    ] = "none",
-    client_noise: Annotated[float, typer.Option(help="Noise multiplier of client-level DP.")] = 0.0,
-    client_clip: Annotated[
-        float, typer.Option(help="Clipping bound of each site's update (initial, if adaptive).")
-    ] = 1.0,
+    out: OutOption,
+    epsilon: EpsilonOption,
+    rounds: RoundsOption = 3,
+    secagg: SecaggOption = False,
+    aggregator: AggregatorOption = "fedavg",
+    delta: DeltaOption = 1e-5,
+    local_epochs: LocalEpochsOption = None,
+    model: ModelOption = "logreg",
+    batch_size: BatchSizeOption = None,
+    lr: LrOption = None,
+    max_grad_norm: MaxGradNormOption = None,
+    client_dp: ClientDpOption = "none",
+    client_noise: ClientNoiseOption = 0.0,
+    client_clip: ClientClipOption = 1.0,
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0 for sites on other machines).")
     ] = "127.0.0.1",
@@ -233,26 +214,7 @@ def server_command(
     from securetrain.federated.deployment import serve
     from securetrain.federated.pki import ServerFiles
 
-    config = FederatedConfig(
-        data="federated deployment",
-        out=out,
-        epsilon=epsilon,
-        sites=len(site_key),
-        rounds=rounds,
-        secagg=secagg,
-        aggregator=aggregator,
-        delta=delta,
-        local_epochs=local_epochs,
-        model=model,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        lr=lr,
-        max_grad_norm=max_grad_norm,
-        client_dp=client_dp,
-        client_noise=client_noise,
-        client_clip=client_clip,
-        key_dir=key,
-        passphrase_env=passphrase_env,
-    )
+    config = _config(locals(), data="federated deployment", sites=len(site_key))
     with console.status("starting the SuperLink") as status:
         result = serve(
             config,

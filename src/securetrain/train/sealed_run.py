@@ -176,18 +176,24 @@ def reserve_sealed(config: TrainConfig, keys: ResolvedKeys) -> str:
     )
 
 
-def train_reserved(
-    config: TrainConfig, keys: ResolvedKeys, run_id: str, progress: ProgressCallback | None
-) -> TrainResult:
-    """Train under an existing reservation: decrypt in memory, train, record what ran. A run
-    stopped before decryption releases its reservation; after, the charge stays."""
-    store = Store(config.store)
+def reserved_header(config: TrainConfig, keys: ResolvedKeys, store: Store, run_id: str) -> Header:
+    """The verified header of the sealed dataset a run reserved its budget on."""
     run = ledger.get_run(store, run_id)
     header = verified_header(config, keys)
     if header.dataset_id != run.dataset_id:
         raise IntegrityError(
             f"{config.data!r} is not the dataset that run {run_id} reserved budget on"
         )
+    return header
+
+
+def train_reserved(
+    config: TrainConfig, keys: ResolvedKeys, run_id: str, progress: ProgressCallback | None
+) -> TrainResult:
+    """Train under an existing reservation: decrypt in memory, train, record what ran. A run
+    stopped before decryption releases its reservation; after, the charge stays."""
+    store = Store(config.store)
+    header = reserved_header(config, keys, store, run_id)
     decrypted = False
     try:
         data = open_verified(config, keys, header)
@@ -249,12 +255,7 @@ def resume_sealed(
     assert config.resume is not None
     run_id = config.resume
     store = Store(config.store)
-    run = ledger.get_run(store, run_id)
-    header = verified_header(config, keys)
-    if header.dataset_id != run.dataset_id:
-        raise IntegrityError(
-            f"{config.data!r} is not the dataset that run {run_id} reserved budget on"
-        )
+    header = reserved_header(config, keys, store, run_id)
     assert keys.provider is not None
     plan_json, state = load_checkpoint(keys.provider.master_key(), run_id)
     plan = RunPlan.model_validate(plan_json)
