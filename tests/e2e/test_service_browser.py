@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium against `securetrain serve` (uvicorn and its worker
 process): an analyst logs in, sees only the dataset granted to them, submits a job, watches it
-finish and downloads the signed bundle; another owner's dataset stays out of reach."""
+finish, downloads the signed bundle and views an audit report with its plots; another owner's
+dataset stays out of reach."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
@@ -95,6 +100,15 @@ def served(tmp_path: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _click(driver: webdriver.Chrome, by: str, selector: str) -> bool:
+    """Click a button of the jobs table, which the page redraws every 2 s."""
+    try:
+        driver.find_element(by, selector).click()
+    except (NoSuchElementException, StaleElementReferenceException):
+        return False
+    return True
 
 
 def _browser(downloads: Path) -> webdriver.Chrome:
@@ -169,11 +183,18 @@ def test_analyst_submits_watches_and_downloads_in_the_browser(served, tmp_path: 
         )
         progress = driver.find_element(By.CSS_SELECTOR, f"#job-{job_id} progress")
         assert float(progress.get_attribute("value")) == 1.0
-        driver.find_element(By.ID, f"card-{job_id}").click()
+        wait.until(lambda d: _click(d, By.ID, f"card-{job_id}"))
         wait.until(ec.text_to_be_present_in_element((By.ID, "verify-status"), "verified"))
-        driver.find_element(By.ID, f"download-{job_id}").click()
+        wait.until(lambda d: _click(d, By.ID, f"download-{job_id}"))
         target = downloads / f"securetrain-{job_id}.zip"
         wait.until(lambda _d: target.exists() and target.stat().st_size > 0)
+        # An audit of the model: its report, with plots, shows in the dashboard.
+        wait.until(lambda d: _click(d, By.ID, f"audit-{job_id}"))
+        wait.until(lambda d: _click(d, By.XPATH, "//table//button[text()='Report']"))
+        frame = wait.until(ec.visibility_of_element_located((By.ID, "result-report")))
+        driver.switch_to.frame(frame)
+        assert driver.find_elements(By.TAG_NAME, "svg"), "the audit report has its plots"
+        driver.switch_to.default_content()
     finally:
         driver.quit()
     out = tmp_path / "bundle"
