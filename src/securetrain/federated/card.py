@@ -15,8 +15,6 @@ from securetrain.federated.config import FederatedConfig
 from securetrain.privacy import GaussianEvent, compute_epsilon
 from securetrain.train.trainer import signing_section
 
-SITE_FIELDS = ("epsilon", "n_train", "noise_multiplier", "sample_rate", "steps_per_round")
-
 
 def client_level_epsilon(config: FederatedConfig) -> float | None:
     """With server-side client clipping every site takes part in every round: R Gaussian
@@ -39,7 +37,8 @@ def federated_card(
     signer: Signer | None,
     mode: str,
 ) -> ModelCard:
-    """``site_reports``: per site, its summary (``SITE_FIELDS`` and more) and ``events`` (JSON)."""
+    """``site_reports``: per site, its summary (epsilon, n_train, noise_multiplier, sample_rate,
+    steps_per_round, ...) and ``events`` (JSON)."""
     worst = max(site_reports, key=lambda s: s["epsilon"])
     return ModelCard(
         model=ModelSection(

@@ -30,13 +30,10 @@ from securetrain.federated.apps import fit_workflow, get_weights, set_weights, s
 from securetrain.federated.config import FederatedConfig
 from securetrain.federated.sites import Site, local_round, plan_site
 from securetrain.privacy import events_to_json
-from securetrain.sealed import is_sealed
 from securetrain.store import Store, ledger
 from securetrain.train import TrainConfig
 from securetrain.train.models import architecture_for, build_model
 from securetrain.train.run import load_data
-from securetrain.train.sealed_run import verified_header
-from securetrain.train.trainer import resolve_keys
 
 SETTINGS = "settings"
 RESULT_DIR = "result-dir"
@@ -87,13 +84,9 @@ class _SiteData:
             store=opt("store"),
         )
         self.name = opt("name") or "site"
-        keys = resolve_keys(self.config)
-        self.data: TabularData = load_data(self.config)
-        self.dataset_id = (
-            verified_header(self.config, keys).dataset_id
-            if is_sealed(self.config.data)
-            else self.data.sha256[:32]
-        )
+        self.data: TabularData = load_data(self.config)  # a sealed dataset is verified here
+        sealed = self.data.sealed
+        self.dataset_id = sealed["dataset_id"] if sealed else self.data.sha256[:32]
         self.pre = declared_preprocessor(self.data)
         x = self.pre.transform(self.data.features)
         y, known = self.pre.encode_labels(self.data.labels)

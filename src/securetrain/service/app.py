@@ -130,7 +130,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return check
 
     Any_ = Annotated[User, Depends(role(*ALL))]
-    Admin = Annotated[User, Depends(role("admin", "auditor"))]
+    LogReader = Annotated[User, Depends(role("admin", "auditor"))]
     AdminOnly = Annotated[User, Depends(role("admin"))]
     Owner = Annotated[User, Depends(role("owner"))]
     Analyst = Annotated[User, Depends(role("analyst"))]
@@ -365,7 +365,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     # --- the audit log -------------------------------------------------------------------
 
     @app.get("/api/v1/audit-log", tags=["audit log"])
-    def audit_log(user: Admin) -> list[dict]:
+    def audit_log(user: LogReader) -> list[dict]:
         return [
             {
                 "seq": e.seq,
@@ -379,7 +379,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         ]
 
     @app.get("/api/v1/audit-log/verify", tags=["audit log"])
-    def audit_log_verify(user: Admin) -> dict:
+    def audit_log_verify(user: LogReader) -> dict:
         try:
             count = verify_log(store)
         except SecurityError as exc:

@@ -115,7 +115,7 @@ def _wait_needed(failures: int, last: float) -> float:
     return max(0.0, last + wait - time.time())
 
 
-def _new_token(store: Store, conn, user: str, kind: str, label: str, minutes: int | None):  # type: ignore[no-untyped-def]
+def _new_token(conn, user: str, kind: str, label: str, minutes: int | None):  # type: ignore[no-untyped-def]
     token_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
     digest = (
         hashlib.sha256(secret.encode()).hexdigest() if kind == "session" else _HASHER.hash(secret)
@@ -142,17 +142,18 @@ def _new_token(store: Store, conn, user: str, kind: str, label: str, minutes: in
 
 def login(store: Store, name: str, password: str) -> tuple[str, str]:
     """A session token and its expiry, or :class:`AuthError` / :class:`Throttled`."""
-    failure: SecureTrainError
+    outcome: tuple[str, str] | SecureTrainError
     with store.transaction() as conn:
         failed = conn.execute(select(login_failures).where(login_failures.c.name == name)).first()
         if failed is not None and (wait := _wait_needed(failed.failures, failed.last_failure)):
             append(store, conn, "auth.throttled", name, {"failures": failed.failures}, actor=name)
-            failure = Throttled(wait)
+            outcome = Throttled(wait)
         else:
-            failure = _check_password(store, conn, name, password, failed)
-            if isinstance(failure, tuple):
-                return failure
-    raise failure
+            outcome = _check_password(store, conn, name, password, failed)
+    # Raised outside the transaction, so that the failure and its audit entry are committed.
+    if isinstance(outcome, SecureTrainError):
+        raise outcome
+    return outcome
 
 
 def _check_password(store: Store, conn, name: str, password: str, failed):  # type: ignore[no-untyped-def]
@@ -171,7 +172,7 @@ def _check_password(store: Store, conn, name: str, password: str, failed):  # ty
         append(store, conn, "auth.login_failed", name, {"failures": count}, actor=name)
         return AuthError("Wrong user name or password.")
     conn.execute(delete(login_failures).where(login_failures.c.name == name))
-    token, _id, expires = _new_token(store, conn, name, "session", "log-in", SESSION_MINUTES)
+    token, _id, expires = _new_token(conn, name, "session", "log-in", SESSION_MINUTES)
     append(store, conn, "auth.login", name, {"session": _id}, actor=name)
     return token, str(expires)
 
@@ -179,7 +180,7 @@ def _check_password(store: Store, conn, name: str, password: str, failed):  # ty
 def create_api_token(store: Store, user: User, label: str) -> tuple[str, str]:
     """A long-lived API token for ``user`` (shown once); returns (token, id)."""
     with store.transaction() as conn:
-        token, token_id, _ = _new_token(store, conn, user.name, "api", label[:200], None)
+        token, token_id, _ = _new_token(conn, user.name, "api", label[:200], None)
         append(store, conn, "auth.token_created", user.name, {"token": token_id}, actor=user.name)
     return token, token_id
 

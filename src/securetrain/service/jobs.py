@@ -37,8 +37,6 @@ from securetrain.store.audit import acting_as, append, now
 from securetrain.store.schema import jobs
 
 OPEN = ("awaiting_approval", "queued")
-ACTIVE = ("running", "cancelling")
-FINAL = ("succeeded", "failed", "cancelled", "rejected")
 PROGRESS_EVERY = 1.0  # seconds between progress writes
 
 
@@ -250,6 +248,10 @@ class _Recorder:
     def __init__(self, store: Store, job_id: str) -> None:
         self.store, self.job_id, self.last, self.lines = store, job_id, 0.0, []
 
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines[-500:])
+
     def log(self, line: str) -> None:
         self.lines.append(f"{now()} {line}")
         self.flush(force=True)
@@ -258,7 +260,7 @@ class _Recorder:
         if not force and time.monotonic() - self.last < PROGRESS_EVERY:
             return
         self.last = time.monotonic()
-        values: dict = {"log": "\n".join(self.lines[-500:]), "updated_at": now()}
+        values: dict = {"log": self.text, "updated_at": now()}
         if progress is not None:
             values["progress"] = progress
         with self.store.transaction() as conn:
@@ -301,15 +303,15 @@ def run(store: Store, settings: ServiceSettings, job: Job) -> None:
     config = _train_config(settings, ds, job.id, req)
     keys = resolve_keys(config)
     state, error = "succeeded", None
+
+    def progress(info) -> None:  # type: ignore[no-untyped-def]
+        recorder.flush(progress=info.step / max(1, info.steps))
+
     try:
         with acting_as(job.submitter):
             if job.kind == "train":
                 assert job.run_id is not None
                 recorder.log(f"training on {ds.name} at ε = {job.epsilon}")
-
-                def progress(info) -> None:  # type: ignore[no-untyped-def]
-                    recorder.flush(progress=info.step / max(1, info.steps))
-
                 result = train_reserved(config, keys, job.run_id, progress)
                 recorder.log(f"bundle written and signed; ε = {result.card.privacy.epsilon:.4f}")
             else:
@@ -320,7 +322,7 @@ def run(store: Store, settings: ServiceSettings, job: Job) -> None:
                     result_dir(settings, job.parent) / "bundle",
                     data,
                     canaries=req.canaries,
-                    progress=lambda info: recorder.flush(progress=info.step / max(1, info.steps)),
+                    progress=progress,
                 )
                 write_audit(result_dir(settings, job.id) / "audit", audit)
                 recorder.log("audit written")
@@ -331,8 +333,7 @@ def run(store: Store, settings: ServiceSettings, job: Job) -> None:
     except Exception as exc:  # a bug: keep the worker alive, record the job as failed
         state, error = "failed", f"internal error: {type(exc).__name__}"
         recorder.lines.append(traceback.format_exc(limit=5))
-    values: dict = {"state": state, "error": error, "updated_at": now()}
-    values["log"] = "\n".join(recorder.lines[-500:])
+    values: dict = {"state": state, "error": error, "updated_at": now(), "log": recorder.text}
     if state == "succeeded":
         values["progress"] = 1.0
     with store.transaction() as conn:
