@@ -12,16 +12,34 @@ from securetrain.bundle import ModelCard, Signer
 from securetrain.bundle.card import Architecture, DataSection, ModelSection, PrivacySection
 from securetrain.data.preprocess import Preprocessor
 from securetrain.federated.config import FederatedConfig
-from securetrain.privacy import GaussianEvent, compute_epsilon
+from securetrain.privacy import GaussianEvent, compute_epsilon, events_to_json
 from securetrain.train.trainer import signing_section
 
+CLIENT_NEIGHBOURING = "add/remove one site"
 
-def client_level_epsilon(config: FederatedConfig) -> float | None:
-    """With server-side client clipping every site takes part in every round: R Gaussian
-    mechanisms at the client noise multiplier (sensitivity: one site's clipped update)."""
+
+def client_level_dp(config: FederatedConfig) -> dict[str, Any] | None:
+    """Client-level DP at the server (``apps.ClientLevelDP``): every site takes part in every
+    round, and each round releases the sum of the sites' updates clipped to C, plus noise of
+    standard deviation zC, divided by the fixed number of sites K. Adding or removing one site
+    moves the sum by at most C: R Gaussian mechanisms at noise multiplier z."""
     if config.client_dp == "none":
         return None
-    return compute_epsilon([GaussianEvent(config.client_noise, config.rounds)], delta=config.delta)
+    events = [GaussianEvent(config.client_noise, config.rounds)]
+    return {
+        "clipping": config.client_dp,
+        "noise_multiplier": config.client_noise,
+        "clipping_norm": config.client_clip,
+        "neighbouring": CLIENT_NEIGHBOURING,
+        "sensitivity": config.client_clip,
+        "aggregation": (
+            f"(sum of the clipped updates + N(0, ({config.client_noise:g} x "
+            f"{config.client_clip:g})^2)) / {config.sites} sites, uniform weights"
+        ),
+        "events": events_to_json(events),
+        "epsilon": compute_epsilon(events, delta=config.delta),
+        "delta": config.delta,
+    }
 
 
 def federated_card(
@@ -86,15 +104,7 @@ def federated_card(
             "partition": config.partition if mode == "simulation" else "each site's own data",
             "aggregator": config.aggregator,
             "secure_aggregation": "SecAgg+" if config.secagg else None,
-            "client_level_dp": None
-            if config.client_dp == "none"
-            else {
-                "clipping": config.client_dp,
-                "noise_multiplier": config.client_noise,
-                "clipping_norm": config.client_clip,
-                "epsilon": client_level_epsilon(config),
-                "delta": config.delta,
-            },
+            "client_level_dp": client_level_dp(config),
             "attack": None
             if config.attack == "none"
             else {"kind": config.attack, "malicious_sites": config.malicious},

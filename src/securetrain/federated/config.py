@@ -14,8 +14,29 @@ from securetrain.errors import ConfigError
 AGGREGATORS = ("fedavg", "krum", "median", "trimmed-mean")
 ROBUST = ("krum", "median", "trimmed-mean")
 ATTACKS = ("none", "label-flip", "sign-flip", "scaling")
-CLIENT_DP = ("none", "fixed", "adaptive")
+CLIENT_DP = ("none", "fixed")
 TOTAL_LOCAL_EPOCHS = 10
+MAX_ROUNDS = 1000
+MAX_LOCAL_EPOCHS = 1000
+MAX_SITES = 10_000
+# What the server tells every site about a run (no paths, no keys); a site checks them and
+# holds the server to those it reserved its budget for.
+SITE_SETTINGS = {
+    "sites",
+    "rounds",
+    "secagg",
+    "aggregator",
+    "epsilon",
+    "delta",
+    "local_epochs",
+    "model",
+    "batch_size",
+    "lr",
+    "max_grad_norm",
+    "client_dp",
+    "client_noise",
+    "client_clip",
+}
 
 
 class FederatedConfig(BaseModel):
@@ -63,18 +84,36 @@ class FederatedConfig(BaseModel):
         """Per-sample clipping bound at the sites."""
         return self.max_grad_norm or (0.2 if self.model == "logreg" else 1.0)
 
+    def site_settings(self) -> str:
+        """The settings a site receives, as JSON."""
+        return self.model_dump_json(include=SITE_SETTINGS)
+
     @property
     def dirichlet_alpha(self) -> float | None:
         match = re.fullmatch(r"dirichlet:([0-9.]+)", self.partition)
         return float(match.group(1)) if match else None
 
     def validate_choices(self) -> None:
-        if self.sites < 2:
-            raise ConfigError(f"Federated training needs at least 2 sites. Found {self.sites}.")
-        if self.rounds < 1:
-            raise ConfigError(f"Rounds must be at least 1. Found {self.rounds}.")
-        if self.local_epochs is not None and self.local_epochs < 1:
-            raise ConfigError(f"Local epochs must be at least 1. Found {self.local_epochs}.")
+        if not 2 <= self.sites <= MAX_SITES:
+            raise ConfigError(
+                f"Federated training needs between 2 and {MAX_SITES} sites. Found {self.sites}."
+            )
+        if not 1 <= self.rounds <= MAX_ROUNDS:
+            raise ConfigError(f"Rounds must be between 1 and {MAX_ROUNDS}. Found {self.rounds}.")
+        if self.local_epochs is not None and not 1 <= self.local_epochs <= MAX_LOCAL_EPOCHS:
+            raise ConfigError(
+                f"Local epochs must be between 1 and {MAX_LOCAL_EPOCHS}. Found {self.local_epochs}."
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"Batch size must be at least 1. Found {self.batch_size}.")
+        for name, value in (("Learning rate", self.lr), ("Clipping bound", self.max_grad_norm)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive finite number. Found {value}.")
+        if self.client_dp == "adaptive":
+            raise ConfigError(
+                "Adaptive client clipping is not offered: each update of its clipping bound is a "
+                "release of its own that is not accounted; use --client-dp fixed."
+            )
         if self.partition != "iid":
             alpha = self.dirichlet_alpha
             if alpha is None or not (alpha > 0 and math.isfinite(alpha)):
@@ -127,5 +166,5 @@ class FederatedConfig(BaseModel):
             self.site_budget > 0 and math.isfinite(self.site_budget)
         ):
             raise ConfigError(f"Site budget must be a positive ε. Found {self.site_budget}.")
-        if not self.client_clip > 0:
+        if not (self.client_clip > 0 and math.isfinite(self.client_clip)):
             raise ConfigError(f"Client clipping bound must be > 0. Found {self.client_clip}.")
