@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,13 @@ from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 from securetrain.data import TabularData
 from securetrain.data.preprocess import declared_preprocessor
 from securetrain.errors import ConfigError
-from securetrain.federated.apps import fit_workflow, get_weights, set_weights, strategy_for
+from securetrain.federated.apps import (
+    admit_round,
+    fit_workflow,
+    get_weights,
+    set_weights,
+    strategy_for,
+)
 from securetrain.federated.config import FederatedConfig
 from securetrain.federated.sites import Site, local_round, plan_site
 from securetrain.privacy import events_to_json
@@ -39,31 +46,20 @@ SETTINGS = "settings"
 RESULT_DIR = "result-dir"
 SITE_STATE = "securetrain.site"
 REPORT = "report"
-SETTING_FIELDS = {
-    "sites",
-    "rounds",
-    "secagg",
-    "aggregator",
-    "epsilon",
-    "delta",
-    "local_epochs",
-    "model",
-    "batch_size",
-    "lr",
-    "max_grad_norm",
-    "client_dp",
-    "client_noise",
-    "client_clip",
-}
-
-
-def settings_json(config: FederatedConfig) -> str:
-    """What the server tells every site about the run (no paths, no keys)."""
-    return config.model_dump_json(include=SETTING_FIELDS)
 
 
 def settings_from(run_config: dict[str, Any]) -> FederatedConfig:
-    return FederatedConfig(data="federated deployment", **json.loads(str(run_config[SETTINGS])))
+    """The run's settings as the server sent them, checked at the site."""
+    try:
+        config = FederatedConfig(
+            data="federated deployment", **json.loads(str(run_config[SETTINGS]))
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"The server sent settings this site cannot read: {' '.join(str(exc).split())[:300]}"
+        ) from None
+    config.validate_choices()
+    return config
 
 
 class _SiteData:
@@ -95,12 +91,16 @@ class _SiteData:
 
 class DeployedSite(NumPyClient):
     """A site in a deployment: its plan and ledger charge are made once, in the first round,
-    and kept in the run's context state for the later rounds."""
+    and kept in the run's context state for the later rounds. It counts the rounds itself and
+    refuses, before it reads its data, any beyond those it charged or any with other settings."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
         self.settings = settings_from(context.run_config)
-        self.site = _SiteData(context.node_config)
+
+    @cached_property
+    def site(self) -> _SiteData:
+        return _SiteData(self.context.node_config)
 
     def _arch(self):  # type: ignore[no-untyped-def]
         return architecture_for(
@@ -138,7 +138,7 @@ class DeployedSite(NumPyClient):
             events=site.events,
             epsilon=site.epsilon,
             delta_partition_selection=0.0,
-            parameters={"federated": True, **json.loads(settings_json(self.settings))},
+            parameters={"federated": True, **json.loads(self.settings.site_settings())},
         )
         self.context.state.config_records[SITE_STATE] = ConfigRecord(
             {"n_noisy": site.n_noisy, "run_id": run_id}
@@ -146,6 +146,9 @@ class DeployedSite(NumPyClient):
         return site, run_id
 
     def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+        round_number = admit_round(
+            self.context, self.settings.site_settings(), self.settings.rounds
+        )
         site, run_id = self._plan()
         model = build_model(self._arch())
         set_weights(model, parameters)
@@ -167,7 +170,7 @@ class DeployedSite(NumPyClient):
             "events": events_to_json(site.events),
             "preprocessor": self.site.pre.model_dump(mode="json"),
         }
-        if int(config["round"]) == self.settings.rounds:
+        if round_number == self.settings.rounds:
             ledger.transition(
                 Store(self.site.config.store),
                 run_id,

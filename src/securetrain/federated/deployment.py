@@ -32,7 +32,7 @@ from securetrain.errors import ConfigError, SecureTrainError
 from securetrain.federated.apps import set_weights
 from securetrain.federated.card import federated_card
 from securetrain.federated.config import FederatedConfig
-from securetrain.federated.deploy import RESULT_DIR, SETTINGS, settings_json
+from securetrain.federated.deploy import RESULT_DIR, SETTINGS
 from securetrain.federated.pki import (
     ServerFiles,
     check_site_private_key,
@@ -286,7 +286,7 @@ def serve(
         say(f"{config.sites} sites connected")
         run_config = work / "run.toml"
         run_config.write_text(
-            f"{SETTINGS} = {_toml_string(settings_json(config))}\n"
+            f"{SETTINGS} = {_toml_string(config.site_settings())}\n"
             f"{RESULT_DIR} = {_toml_string(str(result))}\n"
         )
         run_id = str(
