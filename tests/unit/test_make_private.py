@@ -132,3 +132,54 @@ def test_a_parameter_used_outside_its_layer_call_is_refused_not_silently_wrong()
     nn.functional.cross_entropy(model(x), y).backward()
     with pytest.raises(UnsupportedModelError, match="Parameter 'lin.weight' is used outside"):
         opt.step()
+
+
+def _make_private(model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader):
+    return securetrain.make_private(
+        module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0
+    )
+
+
+def test_refuses_an_optimizer_holding_trainable_parameters_outside_the_module() -> None:
+    model, _, loader = _setup()
+    head = nn.Parameter(torch.zeros(3, 4))
+    named = torch.optim.SGD([*model.named_parameters(), ("head.weight", head)], lr=0.1)
+    with pytest.raises(
+        ConfigError,
+        match=r"not in the module.*Found 'head\.weight' \(group 0, position 4, shape \(3, 4\)\)\.",
+    ):
+        _make_private(model, named, loader)
+    extra = nn.Parameter(torch.zeros(5))
+    groups = torch.optim.SGD([{"params": model.parameters()}, {"params": [extra, head]}], lr=0.1)
+    with pytest.raises(
+        ConfigError,
+        match=r"Found \(group 1, position 0, shape \(5,\)\), \(group 1, position 1, shape \(3, 4\)\)\.",
+    ):
+        securetrain.DPOptimizer(
+            groups,
+            module=model,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=10,
+            sample_rate=0.1,
+            generator=securetrain.engine.make_generator(None)[0],
+            secure_rng=True,
+        )
+
+
+def test_a_frozen_foreign_parameter_is_allowed_but_refused_once_it_gets_a_gradient() -> None:
+    model, _, loader = _setup()
+    frozen = nn.Parameter(torch.ones(2), requires_grad=False)
+    opt = torch.optim.SGD([*model.parameters(), frozen], lr=0.1)
+    _, dp_opt, dp_loader = _make_private(model, opt, loader)
+    x, y = next(iter(dp_loader))
+    dp_opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    dp_opt.step()
+    assert torch.equal(frozen, torch.ones(2))
+    frozen.requires_grad_(True)
+    dp_opt.zero_grad()
+    (nn.functional.cross_entropy(model(x), y) + frozen.sum()).backward()
+    with pytest.raises(ConfigError, match=r"outside the module.*Found \(group 0, position 4, shape \(2,\)\)"):
+        dp_opt.step()
+    assert torch.equal(frozen, torch.ones(2))

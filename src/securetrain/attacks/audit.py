@@ -54,7 +54,8 @@ def _membership(card, data: TabularData):  # type: ignore[no-untyped-def]
     return x, y, np.flatnonzero(~test & known), np.flatnonzero(test & known)
 
 
-def _dp_plan(card, n: int) -> DPPlan | None:  # type: ignore[no-untyped-def]
+def _dp_plan(card, n: int | None = None) -> DPPlan | None:  # type: ignore[no-untyped-def]
+    """The card's DP-SGD mechanism; with ``n``, its expected batch scaled to ``n`` rows."""
     p = card.privacy
     if p.mechanism != "dp-sgd":
         return None
@@ -62,7 +63,7 @@ def _dp_plan(card, n: int) -> DPPlan | None:  # type: ignore[no-untyped-def]
         sample_rate=p.sample_rate,
         steps=p.steps,
         noise_multiplier=p.noise_multiplier,
-        expected_batch_size=p.sample_rate * n,
+        expected_batch_size=p.expected_batch_size if n is None else p.sample_rate * n,
         accounting_delta=p.delta,
     )
 
@@ -134,7 +135,7 @@ def run_audit(
             m=m,
             arch=arch,
             hp=hp,
-            dp=_dp_plan(card, len(members)),
+            dp=_dp_plan(card),
             delta=delta or 0.0,
             seed=seed,
             progress=progress,

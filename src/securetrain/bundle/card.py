@@ -29,7 +29,9 @@ class ModelSection(BaseModel):
 
 class PrivacySection(BaseModel):
     """``epsilon`` is the PLD (or RDP) composition of ``events`` at ``delta`` minus
-    ``delta_partition_selection`` (the delta spent by releasing category names)."""
+    ``delta_partition_selection`` (the delta spent by releasing category names). ``rng`` says
+    in words which generator drew the sampling and the noise; ``secure_rng`` is true only when
+    it was keyed from OS entropy."""
 
     model_config = ConfigDict(extra="forbid")
     mechanism: Literal["dp-sgd", "federated-dp-sgd", "none"]
@@ -46,6 +48,7 @@ class PrivacySection(BaseModel):
     sampling: Literal["poisson", "shuffle"]
     unit: Literal["record"] = "record"
     secure_rng: bool
+    rng: str | None = None
     preprocessing_epsilon_share: float | None = None
     events: list[dict[str, Any]]
     warning: str | None = None

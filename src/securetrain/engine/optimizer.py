@@ -18,7 +18,7 @@ from securetrain.engine.clipping import (
     own_parameters,
     strategy_for,
 )
-from securetrain.engine.noise import gaussian_noise
+from securetrain.engine.noise import KeystreamGenerator, check_generator, gaussian_noise
 from securetrain.engine.tracer import GradientTracer, check_per_sample
 from securetrain.errors import ConfigError, UnsupportedModelError
 from securetrain.privacy.accounting import compute_epsilon
@@ -138,13 +138,46 @@ def layer_bounds(max_grad_norm: float | dict[str, float], layers: list[str]) -> 
     return {name: float(max_grad_norm[name]) for name in layers}
 
 
+def _foreign_parameters(
+    optimizer: torch.optim.Optimizer, module: nn.Module, *, with_gradient: bool
+) -> list[str]:
+    """The optimizer's trainable parameters (or, with ``with_gradient``, those holding a
+    gradient) that are not the module's, each described by its place in the param groups, its
+    shape and (when the optimizer knows it) its name."""
+    own = {id(p) for p in module.parameters()}
+    found = []
+    for g, group in enumerate(optimizer.param_groups):
+        names = group.get("param_names", [])
+        for i, p in enumerate(group["params"]):
+            if id(p) in own or not (p.grad is not None if with_gradient else p.requires_grad):
+                continue
+            name = f"'{names[i]}' " if i < len(names) else ""
+            found.append(f"{name}(group {g}, position {i}, shape {tuple(p.shape)})")
+    return found
+
+
+def check_optimizer_parameters(optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+    """Refuse an optimizer that would train parameters outside ``module``: DP-SGD neither clips
+    nor noises their gradients, so the raw gradients of the batch would be released."""
+    foreign = _foreign_parameters(optimizer, module, with_gradient=False)
+    if foreign:
+        raise ConfigError(
+            "The optimizer holds trainable parameters that are not in the module, which would "
+            "train on raw, unclipped, noise-free gradients; pass only the module's parameters. "
+            f"Found {', '.join(foreign)}."
+        )
+
+
 class DPOptimizer:
     """Wraps a PyTorch optimizer so that ``step()`` performs one DP-SGD step.
 
     ``step()`` clips each sample's gradient to ``max_grad_norm``, sums them, adds Gaussian noise
     of standard deviation ``noise_multiplier * max_grad_norm`` to every trainable parameter, and
     divides by ``expected_batch_size`` (sample rate times dataset size; never the realised batch
-    size, which would leak it). Then the wrapped optimizer steps.
+    size, which would leak it). Then the wrapped optimizer steps. Noise comes from
+    ``generator`` (from :func:`~securetrain.engine.make_generator`); ``secure_rng`` must say
+    whether it is keyed from OS entropy. The wrapped optimizer may hold only ``module``'s
+    parameters: any other trainable one would train on raw gradients, so it is refused.
 
     Call :meth:`backward` with the loss instead of ``loss.backward()``: it takes one backward
     pass to the layer outputs only, which is all per-sample clipping needs, and skips the
@@ -168,7 +201,7 @@ class DPOptimizer:
         max_grad_norm: float | dict[str, float],
         expected_batch_size: float,
         sample_rate: float,
-        generator: torch.Generator,
+        generator: KeystreamGenerator,
         secure_rng: bool,
         loss_reduction: str = "mean",
         clipping: str = "auto",
@@ -198,6 +231,8 @@ class DPOptimizer:
         )
         if not expected_batch_size > 0:
             raise ConfigError(f"Expected batch size must be > 0. Found {expected_batch_size}.")
+        check_generator(generator, secure=secure_rng)
+        check_optimizer_parameters(optimizer, module)
         slow = {n: type(m).__name__ for n, m in layers.items() if not has_fast_strategy(m)}
         if clipping == "fast" and slow:
             name, kind = next(iter(slow.items()))
@@ -329,6 +364,12 @@ class DPOptimizer:
                 loss = closure()
         self.accumulate()
         self._check_coverage()
+        foreign = _foreign_parameters(self.original_optimizer, self.module, with_gradient=True)
+        if foreign:
+            raise ConfigError(
+                "Parameters outside the module have gradients in the optimizer, which would "
+                f"train on them unclipped and without noise. Found {', '.join(foreign)}."
+            )
         std = self.noise_multiplier * self.max_grad_norm
         for key, p in self._params.items():
             summed = self._summed.get(key)

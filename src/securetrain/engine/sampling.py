@@ -1,4 +1,5 @@
-"""True Poisson sampling: every record joins each step independently with probability q."""
+"""True Poisson sampling: every record joins each step independently with probability q, decided
+on whole 64-bit keystream words (never a float32 grid, which would round small rates up)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from securetrain.engine.noise import KeystreamGenerator, check_generator
 from securetrain.errors import ConfigError
 
 
@@ -15,7 +17,7 @@ class PoissonBatchSampler:
     """Yields ``steps`` batches of indices; batch sizes follow Binomial(n, sample_rate) and may be 0."""
 
     def __init__(
-        self, n: int, *, sample_rate: float, steps: int, generator: torch.Generator
+        self, n: int, *, sample_rate: float, steps: int, generator: KeystreamGenerator
     ) -> None:
         if n < 1:
             raise ConfigError(f"Poisson sampling needs at least one record. Found {n}.")
@@ -23,6 +25,7 @@ class PoissonBatchSampler:
             raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sample_rate}.")
         if steps < 1:
             raise ConfigError(f"Number of steps must be at least 1. Found {steps}.")
+        check_generator(generator)
         self.n = n
         self.sample_rate = sample_rate
         self.steps = steps
@@ -33,7 +36,7 @@ class PoissonBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps):
-            mask = torch.rand(self.n, generator=self.generator) < self.sample_rate
+            mask = self.generator.bernoulli(self.n, self.sample_rate)
             yield mask.nonzero().flatten().tolist()
 
 
@@ -69,7 +72,7 @@ class DPDataLoader(DataLoader):
         *,
         sample_rate: float,
         steps: int,
-        generator: torch.Generator,
+        generator: KeystreamGenerator,
         num_workers: int = 0,
     ) -> None:
         self.sample_rate = sample_rate
@@ -77,7 +80,7 @@ class DPDataLoader(DataLoader):
             len(dataset),
             sample_rate=sample_rate,
             steps=steps,
-            generator=generator,  # type: ignore[arg-type]
+            generator=generator,
         )
         super().__init__(
             dataset,

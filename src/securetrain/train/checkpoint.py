@@ -1,4 +1,5 @@
-"""Encrypted training checkpoints: model, optimizer, sampler/noise RNG state and the run plan.
+"""Encrypted training checkpoints: model, optimizer, the sampling and noise generator's state (its
+AES-256 key and keystream counter, so a resumed run continues the same stream) and the run plan.
 
 A checkpoint is one file under ``SECURETRAIN_HOME/checkpoints/RUN_ID.ckpt``: JSON holding a
 fresh data key wrapped by the key set's master key and the AES-256-GCM ciphertext of the

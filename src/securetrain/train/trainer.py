@@ -29,6 +29,7 @@ from securetrain.data import (
 )
 from securetrain.data.split import split_mask
 from securetrain.engine import DPOptimizer, make_generator, split_physical
+from securetrain.engine.noise import rng_description
 from securetrain.engine.sampling import PoissonBatchSampler
 from securetrain.errors import ConfigError, DataError
 from securetrain.privacy import (
@@ -174,7 +175,7 @@ def _train_dp(
         model.load_state_dict(resume.model)
         base.load_state_dict(resume.optimizer)
         generator.set_state(resume.rng_state)
-        secure, start = resume.secure_rng, resume.step
+        secure, start = generator.secure, resume.step
     optimizer = DPOptimizer(
         base,
         module=model,
@@ -266,7 +267,7 @@ def _train_plain(
     model.train()
     step = 0
     for _ in range(hp.epochs):
-        order = torch.randperm(len(y), generator=generator)
+        order = generator.randperm(len(y))
         for b in range(per_epoch):
             idx = order[b * hp.batch_size : (b + 1) * hp.batch_size]
             optimizer.zero_grad()
@@ -439,6 +440,7 @@ def train_loaded(
             max_grad_norm=None,
             sampling="shuffle",
             secure_rng=config.seed is None,
+            rng=rng_description(config.seed),
             preprocessing_epsilon_share=None,
             events=plan.pre_events,
             warning=NO_DP_WARNING,
@@ -474,6 +476,7 @@ def train_loaded(
             expected_batch_size=dp.expected_batch_size,
             sampling="poisson",
             secure_rng=optimizer.secure_rng,
+            rng=optimizer.generator.description,
             preprocessing_epsilon_share=config.preprocessing_share,
             events=events_to_json(events),
         )
