@@ -104,7 +104,9 @@ def run_canary_audit(
     progress: ProgressCallback | None = None,
 ) -> CanaryAudit:
     """Train once with m canaries drawn from ``x_pool`` (rows the target never trained on),
-    each given a random wrong label and inserted with probability ½, and bound ε."""
+    each given a random wrong label and inserted with probability ½, and bound ε. ``dp`` is the
+    audited run's mechanism exactly (sample rate, noise, steps and expected batch size, which
+    does not grow with the canaries inserted)."""
     check_canaries(m, len(y_pool))
     rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
     rows = rng.choice(len(y_pool), m, replace=False)
@@ -114,9 +116,6 @@ def run_canary_audit(
     included = rng.random(m) < 0.5
     x = np.concatenate([x_train, x_can[included]]).astype(np.float32)
     y = np.concatenate([y_train, y_can[included]]).astype(np.int64)
-    plan = None
-    if dp is not None:
-        plan = dp.model_copy(update={"expected_batch_size": dp.sample_rate * len(y)})
     if seed is not None:
         torch.manual_seed(seed)
     model = fit(
@@ -124,7 +123,7 @@ def run_canary_audit(
         torch.from_numpy(x),
         torch.from_numpy(y),
         hp=hp,
-        dp=plan,
+        dp=dp,
         seed=seed,
         progress=progress,
     )
