@@ -40,9 +40,11 @@ def make_private(
     Each pass over the returned loader draws ``len(data_loader)`` Poisson batches with sample
     rate ``1 / len(data_loader)`` (expected batch size: the original one). The returned optimizer
     clips per-sample gradients to ``max_grad_norm`` and adds Gaussian noise of standard deviation
-    ``noise_multiplier * max_grad_norm``. Noise and sampling are seeded from OS entropy unless
-    ``seed`` is given, which makes them predictable (``optimizer.secure_rng`` is then False).
-    ``clipping`` and ``clipping_mode`` (with per-layer bounds) are as for :class:`DPOptimizer`.
+    ``noise_multiplier * max_grad_norm``. Noise and sampling come from an AES-256-CTR keystream
+    keyed from OS entropy unless ``seed`` is given, which makes them predictable
+    (``optimizer.secure_rng`` is then False). ``optimizer`` may hold only ``module``'s
+    parameters. ``clipping`` and ``clipping_mode`` (with per-layer bounds) are as for
+    :class:`DPOptimizer`.
     """
     n, per_epoch, sample_rate = _sampling(data_loader)
     check_privacy_parameters(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
