@@ -1,13 +1,16 @@
 """Privacy audits and data screening through the CLI, as a user would run them."""
 
+import hashlib
 import json
 import re
 import shutil
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 from sklearn.datasets import load_breast_cancer
 
@@ -120,6 +123,39 @@ def test_audit_refuses_bad_input(noisy, tmp_path: Path) -> None:
         "exceeds the",
     )
     assert not (tmp_path / "d").exists()
+
+
+def test_the_card_commits_to_the_csv_without_its_hash(noisy, tmp_path: Path) -> None:
+    root, csv, _, private = noisy
+    digest = hashlib.sha256(csv.read_bytes()).hexdigest()
+    card_text = (private / "model_card.json").read_text()
+    assert digest not in card_text.lower()
+    identity = json.loads(card_text)["data"]["identity"]
+    assert identity["kind"] == "hmac-sha256" and len(identity["value"]) == 64
+    key = root / "private.data-key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    table = pacsv.read_csv(csv)
+    changed = table.set_column(0, "f0", pa.array([9.0, *table.column("f0").to_pylist()[1:]]))
+    one_row = write_csv(changed, tmp_path / "one-row-changed.csv")
+    args = ("--allow-unsigned", "--canaries", "0")
+    one_error_line(
+        _audit_cli(private, one_row, tmp_path / "a", *args), 2, "not what the bundle was trained on"
+    )
+    moved = tmp_path / "elsewhere.key"
+    shutil.copy(key, moved)
+    one_error_line(
+        _audit_cli(private, csv, tmp_path / "b", *args, "--data-key", str(tmp_path / "none")),
+        2,
+        "give --data-key",
+    )
+    other_key = tmp_path / "other.key"
+    other_key.write_text("ab" * 32 + "\n")
+    one_error_line(
+        _audit_cli(private, csv, tmp_path / "c", *args, "--data-key", str(other_key)),
+        2,
+        "not what the bundle was trained on",
+    )
+    _ok(_audit_cli(private, csv, tmp_path / "d", *args, "--data-key", str(moved)))
 
 
 def test_screen_finds_injected_label_flips_in_a_csv(tmp_path: Path) -> None:

@@ -67,7 +67,10 @@ def test_train_from_sealed_signs_the_bundle_and_a_flipped_byte_fails_verify_and_
 
     card = json.loads((out / "model_card.json").read_text())
     assert card["data"]["sealed"]["manifest_sha256"].startswith("sha256:")
-    assert card["data"]["sha256"] == card["data"]["sealed"]["manifest_sha256"]
+    assert card["data"]["identity"] == {
+        "kind": "sealed-manifest",
+        "value": card["data"]["sealed"]["manifest_sha256"],
+    }
     assert card["signing"]["signer"] == card["data"]["sealed"]["signer"]
     csv = root / "clinic.csv"
     preds = tmp_path / "p.csv"

@@ -110,5 +110,5 @@ def test_card_is_plain_json_with_the_documented_fields(tmp_path: Path) -> None:
         "secure_rng",
         "events",
     }
-    assert set(raw["data"]) >= {"source", "n_train", "n_test", "sha256"}
+    assert set(raw["data"]) >= {"source", "n_train", "n_test", "identity"}
     assert set(raw["metrics"]) >= {"test_accuracy", "test_auc"}

@@ -16,6 +16,8 @@ from securetrain.attacks.mia import lira_offline_scores, loss_scores
 from securetrain.attacks.report import COLOURS, Series, histogram, line_plot, render
 from securetrain.attacks.stats import roc_summary, tpr_ceiling
 from securetrain.data import TabularData, split_mask
+from securetrain.data.identity import check as check_identity
+from securetrain.data.identity import key_path as data_key_path
 from securetrain.errors import ConfigError, DataError
 from securetrain.outputs import write_dir_atomic
 from securetrain.train.config import Hyperparameters
@@ -33,13 +35,10 @@ class AuditResult:
     canary: CanaryAudit | None
 
 
-def _membership(card, data: TabularData):  # type: ignore[no-untyped-def]
-    """Encoded rows and who was trained on: the card's split, with screening re-applied."""
-    if data.sha256 != card.data.sha256:
-        raise DataError(
-            f"The data is not what the bundle was trained on: its SHA-256 is {data.sha256[:16]}…, "
-            f"the card records {card.data.sha256[:16]}…."
-        )
+def _membership(card, data: TabularData, data_key: Path):  # type: ignore[no-untyped-def]
+    """Encoded rows and who was trained on: the card's split, with screening re-applied, once
+    the data is shown to be the trained-on data (``data_key``: the key of its commitment)."""
+    check_identity(card.data.identity, data, key=data_key)
     screening = card.data.screening or {}
     if screening.get("dropped"):
         from securetrain.screening import screen
@@ -76,9 +75,13 @@ def run_audit(
     reference_models: int = 4,
     seed: int | None = None,
     progress: ProgressCallback | None = None,
+    data_key: Path | None = None,
 ) -> AuditResult:
     """Membership inference (LOSS and offline LiRA) against the bundle's model, and the one-run
-    canary audit with the bundle's training settings (``canaries=0`` skips it)."""
+    canary audit with the bundle's training settings (``canaries=0`` skips it).
+
+    ``data_key`` is the key of the card's commitment to a private file (default: the
+    ``BUNDLE.data-key`` written beside the bundle); sealed and built-in data need none."""
     if reference_models < 2:
         raise ConfigError(
             f"Offline LiRA needs at least 2 reference models. Found {reference_models}."
@@ -89,7 +92,7 @@ def run_audit(
             "Auditing a federated bundle is not supported: its sites' data and training cannot "
             "be replayed in one place."
         )
-    x, y, members, outsiders = _membership(card, data)
+    x, y, members, outsiders = _membership(card, data, data_key or data_key_path(bundle))
     if len(members) < 2 or len(outsiders) < 4:
         raise DataError(
             f"Too few rows to audit: {len(members)} training and {len(outsiders)} held-out rows."

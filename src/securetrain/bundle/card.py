@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from securetrain.data.identity import DataIdentity
 from securetrain.data.preprocess import Preprocessor
 
 CARD_FORMAT = "securetrain.model_card/v1"
@@ -55,13 +56,17 @@ class PrivacySection(BaseModel):
 
 
 class DataSection(BaseModel):
+    """``identity`` names the trained-on data without a hash of the plaintext (the sealed
+    manifest digest, a built-in dataset's digest, or a keyed commitment); None where the data
+    never came to one place (a federated deployment)."""
+
     model_config = ConfigDict(extra="forbid")
     source: str
     label: str
     n_train: int
     n_test: int
     counts: str
-    sha256: str
+    identity: DataIdentity | None
     split: dict[str, Any]
     sealed: dict[str, str] | None = None
     screening: dict[str, Any] | None = None

@@ -41,6 +41,12 @@ def audit_command(
     allow_unsigned: Annotated[
         bool, typer.Option("--allow-unsigned", help="Audit a bundle without checking a signature.")
     ] = False,
+    data_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Key of the card's commitment to a CSV/Parquet file (default: BUNDLE.data-key)."
+        ),
+    ] = None,
     canaries: Annotated[
         int | None,
         typer.Option(help="Canaries for the one-run audit (default: up to 100; 0 skips it)."),
@@ -67,6 +73,7 @@ def audit_command(
             reference_models=reference_models,
             seed=seed,
             progress=update,
+            data_key=data_key,
         )
     write_audit(out, result)
     doc = result.doc

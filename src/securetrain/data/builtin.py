@@ -2,7 +2,7 @@
 
 Each comes with a declared schema: bounds and categories that are public knowledge (the
 dataset's published data dictionary, the pixel format, the generator's design), so that they
-cost no privacy budget.
+cost no privacy budget. The tables themselves are public, so their digest may appear on a card.
 """
 
 from __future__ import annotations
@@ -65,7 +65,13 @@ def breast_cancer() -> TabularData:
         bounds=bounds, classes=["malignant", "benign"], transforms=dict.fromkeys(names, "log")
     )
     return TabularData(
-        table, labels, "diagnosis", "builtin:breast-cancer", _digest(table, labels), schema
+        table,
+        labels,
+        "diagnosis",
+        "builtin:breast-cancer",
+        _digest(table, labels),
+        schema,
+        public=True,
     )
 
 
@@ -86,6 +92,7 @@ def digits() -> TabularData:
         _digest(table, labels),
         schema,
         image_shape=(1, 8, 8),
+        public=True,
     )
 
 
@@ -159,6 +166,7 @@ def synthetic_fraud(n: int = FRAUD_ROWS, seed: int = FRAUD_SEED) -> TabularData:
         f"builtin:synthetic-fraud?seed={seed}",
         _digest(table, labels),
         schema,
+        public=True,
     )
 
 

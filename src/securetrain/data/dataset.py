@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from securetrain.data.identity import DataIdentity, commit
 from securetrain.errors import DataError
 
 
@@ -22,8 +23,10 @@ class Schema:
 
     ``bounds`` maps numeric columns to (lower, upper); ``transforms`` marks right-skewed numeric
     columns for a log scale (``"log"``; default ``"linear"``); ``categories`` maps categorical
-    columns to their allowed values; ``classes`` lists the label's values. Anything not declared
-    is estimated with differential privacy from the training split.
+    columns to their allowed values; ``classes`` lists the label's values. A column's kind comes
+    from its declaration (bounds or a transform: numeric; categories: categorical), never from
+    the values. Anything not declared is estimated with differential privacy from the training
+    split.
     """
 
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -68,10 +71,23 @@ class Schema:
                         f"{origin}: transform of {name!r} must be 'linear' or 'log'. Found {t!r}."
                     )
                 transforms[name] = t
+            if "categories" in spec and ("bounds" in spec or "transform" in spec):
+                raise DataError(
+                    f"{origin}: column {name!r} declares categories and also bounds or a "
+                    f"transform; a column is either numeric or categorical. Found {spec!r}."
+                )
         classes = data.get("classes")
         if classes is not None and (not isinstance(classes, list) or len(classes) < 2):
             raise DataError(f"{origin}: classes must list at least two labels. Found {classes!r}.")
         return cls(bounds, categories, [str(v) for v in classes] if classes else None, transforms)
+
+    def kind(self, name: str) -> str | None:
+        """``"numeric"`` or ``"categorical"`` as declared, or None for an undeclared column."""
+        if name in self.categories:
+            return "categorical"
+        if name in self.bounds or name in self.transforms:
+            return "numeric"
+        return None
 
     def to_json(self) -> dict[str, Any]:
         columns: dict[str, dict[str, Any]] = {}
@@ -100,7 +116,12 @@ class Schema:
 
 @dataclass
 class TabularData:
-    """Features (an Arrow table), labels as strings, and what is public about them."""
+    """Features (an Arrow table), labels as strings, and what is public about them.
+
+    ``sha256`` is the digest of the data as read (the file's bytes, the sealed manifest, or a
+    built-in table); it identifies the data to its holder and is never released, except where
+    the table itself is ``public`` (a built-in dataset) or the digest is the sealed manifest's.
+    """
 
     features: pa.Table
     labels: np.ndarray
@@ -111,10 +132,16 @@ class TabularData:
     image_shape: tuple[int, ...] | None = None
     dropped_identifiers: list[str] = field(default_factory=list)
     sealed: dict[str, str] | None = None
+    public: bool = False
 
     @property
     def n_rows(self) -> int:
         return self.features.num_rows
+
+    def commit(self, bundle: Path) -> DataIdentity:
+        """This data's identity for the card of the bundle at ``bundle``, never a hash of the
+        plaintext (see :mod:`securetrain.data.identity`)."""
+        return commit(self, bundle)
 
     def to_table(self) -> pa.Table:
         """Features and the label column as one table."""
@@ -131,6 +158,7 @@ class TabularData:
             image_shape=self.image_shape,
             dropped_identifiers=self.dropped_identifiers,
             sealed=self.sealed,
+            public=self.public,
         )
 
 
@@ -185,9 +213,14 @@ def from_table(
         raise DataError(
             f"Label column {label!r} has {nulls} missing value(s); drop or fill those rows."
         )
+    declared = schema or Schema()
     dropped: list[str] = []
     if not keep_identifiers and not features:
-        dropped = [n for n in chosen if _identifier_like(table.column(n))]
+        dropped = [
+            n
+            for n in chosen
+            if declared.kind(n) is None and _identifier_like(table.column(n))
+        ]
         chosen = [n for n in chosen if n not in dropped]
     if not chosen:
         raise DataError("No feature columns are left to train on.")
@@ -198,7 +231,7 @@ def from_table(
         label_name=label,
         source=source,
         sha256=sha256,
-        schema=schema or Schema(),
+        schema=declared,
         dropped_identifiers=dropped,
     )
 

@@ -4,6 +4,10 @@ Fitted on the training split only, and stored in the model card so that predicti
 same transform. No raw statistic of the private data is ever released:
 
 - counts (``n_train``, ``n_test``) are Gaussian-noised;
+- a column's kind is declared (bounds or a transform: numeric; categories: categorical), or,
+  for an undeclared column, numeric when the Gaussian-noised count of its values that are not
+  numbers is below half the noisy row count; never Arrow's type inference, which one record can
+  change. A value that is not a number is a missing value of a numeric column;
 - numeric clipping bounds are declared, or read off a Gaussian-noised histogram over a fixed
   grid of power-of-two bins;
 - category lists and label classes are declared, or chosen by thresholded Gaussian-noised
@@ -23,11 +27,11 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 from scipy.stats import norm
 
-from securetrain.data.dataset import TabularData, is_numeric
+from securetrain.data.dataset import TabularData
+from securetrain.data.values import numbers, text, texts
 from securetrain.errors import DataError
 from securetrain.privacy.events import GaussianEvent
 
@@ -50,11 +54,13 @@ def forward(x: np.ndarray, lower: float, upper: float, transform: str) -> np.nda
 
 
 class NumericColumn(BaseModel):
-    """``z = (forward(x) - center) / scale``; nulls become 0 (the center)."""
+    """``z = (forward(x) - center) / scale``; nulls and values that are not numbers become 0
+    (the center)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
     kind: Literal["numeric"] = "numeric"
+    kind_source: Source
     lower: float
     upper: float
     transform: Literal["linear", "log"] = "linear"
@@ -68,6 +74,7 @@ class CategoricalColumn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     kind: Literal["categorical"] = "categorical"
+    kind_source: Source
     categories: list[str]
     categories_source: Source
 
@@ -119,13 +126,13 @@ class Preprocessor(BaseModel):
         for col in self.columns:
             values = table.column(col.name)
             if isinstance(col, NumericColumn):
-                x = forward(_as_float(values, col.name), col.lower, col.upper, col.transform)
+                x = forward(numbers(values)[0], col.lower, col.upper, col.transform)
                 z = (x - col.center) / col.scale
                 z[np.isnan(z)] = 0.0
                 blocks.append(z[:, None])
             else:
-                strings = _as_strings(values)
-                index = {c: i for i, c in enumerate(col.categories)}
+                strings = texts(values)
+                index = {text(c): i for i, c in enumerate(col.categories)}
                 onehot = np.zeros((len(strings), len(col.categories)))
                 for row, s in enumerate(strings):
                     j = index.get(s) if s is not None else None
@@ -139,21 +146,6 @@ class Preprocessor(BaseModel):
         index = {c: i for i, c in enumerate(self.label.classes)}
         y = np.array([index.get(v, -1) for v in labels], dtype=np.int64)
         return y, y >= 0
-
-
-def _as_float(values: pa.ChunkedArray, name: str) -> np.ndarray:
-    if not is_numeric(values.type):
-        try:
-            values = pc.cast(values, pa.float64())
-        except pa.ArrowInvalid:
-            raise DataError(f"Column {name!r} must be numeric; found type {values.type}.") from None
-    return np.asarray(
-        pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
-    )
-
-
-def _as_strings(values: pa.ChunkedArray) -> list[str | None]:
-    return [None if v is None else str(v) for v in values.to_pylist()]
 
 
 def _bin_index(x: np.ndarray) -> np.ndarray:
@@ -235,27 +227,37 @@ def dp_moments(
     return mean, np.sqrt(var)
 
 
-def _split_kinds(data: TabularData) -> tuple[list[str], list[str]]:
-    """Numeric and categorical feature columns (declared categories make a column categorical)."""
-    numeric, categorical = [], []
-    for name in data.features.column_names:
-        col_type = data.features.schema.field(name).type
-        if name in data.schema.categories or not is_numeric(col_type):
-            categorical.append(name)
-        else:
-            numeric.append(name)
-    return numeric, categorical
+def dp_kinds(
+    non_numbers: dict[str, int], n_noisy: float, sigma: float, rng: np.random.Generator
+) -> dict[str, str]:
+    """Kinds of undeclared columns: ``numeric`` when the noisy count of a column's values that
+    are not numbers is below half the noisy row count, else ``categorical``.
+
+    Each record adds at most 1 to each column's count (whether a value is a number depends on
+    that value alone), so the count vector has L2 sensitivity sqrt(#columns), normalised to 1.
+    """
+    std = sigma * math.sqrt(len(non_numbers))
+    noisy = np.array(list(non_numbers.values()), dtype=float) + rng.normal(
+        0.0, std, len(non_numbers)
+    )
+    return {
+        name: "numeric" if count < n_noisy / 2 else "categorical"
+        for name, count in zip(non_numbers, noisy, strict=True)
+    }
 
 
 def planned_releases(data: TabularData) -> list[str]:
     """The Gaussian releases :func:`fit_preprocessor` may make on this data (an upper bound:
     the moments release can be skipped), known from the schema alone, before any value."""
-    numeric, categorical = _split_kinds(data)
     schema = data.schema
+    kinds = {n: schema.kind(n) for n in data.features.column_names}
+    undeclared = [n for n, kind in kinds.items() if kind is None]
     releases = ["counts", "moments"]
-    if any(n not in schema.bounds for n in numeric):
+    if undeclared:
+        releases.append("column_kinds")
+    if undeclared or any(k == "numeric" and n not in schema.bounds for n, k in kinds.items()):
         releases.append("numeric_bounds")
-    if schema.classes is None or any(n not in schema.categories for n in categorical):
+    if undeclared or schema.classes is None:
         releases.append("category_selection")
     return releases
 
@@ -282,9 +284,17 @@ def fit_preprocessor(
     noisy_train = max(noisy_train, 1.0)
     noisy_test = max(noisy_test, 0.0)
 
-    numeric_names, categorical_names = _split_kinds(train)
-    numeric = {n: _as_float(train.features.column(n), n) for n in numeric_names}
-    categorical = {n: _as_strings(train.features.column(n)) for n in categorical_names}
+    names = train.features.column_names
+    kinds = {n: (kind, "declared") for n in names if (kind := schema.kind(n)) is not None}
+    parsed = {n: numbers(train.features.column(n)) for n in names if n not in schema.categories}
+    undeclared = {n: parsed[n][1] for n in names if n not in kinds}
+    if undeclared:
+        releases.append("column_kinds")
+        kinds.update(
+            (n, (kind, "dp")) for n, kind in dp_kinds(undeclared, noisy_train, sigma, rng).items()
+        )
+    numeric = {n: parsed[n][0] for n in names if kinds[n][0] == "numeric"}
+    categorical = {n: texts(train.features.column(n)) for n in names if kinds[n][0] != "numeric"}
 
     bounds = {n: schema.bounds[n] for n in numeric if n in schema.bounds}
     undeclared_numeric = {n: x for n, x in numeric.items() if n not in bounds}
@@ -343,6 +353,7 @@ def fit_preprocessor(
             columns.append(
                 NumericColumn(
                     name=name,
+                    kind_source=kinds[name][1],
                     lower=lo,
                     upper=hi,
                     transform=transforms[name],
@@ -357,6 +368,7 @@ def fit_preprocessor(
             columns.append(
                 CategoricalColumn(
                     name=name,
+                    kind_source=kinds[name][1],
                     categories=schema.categories[name] if declared else selected[name],
                     categories_source="declared" if declared else "dp",
                 )
@@ -386,9 +398,10 @@ def declared_preprocessor(data: TabularData) -> Preprocessor:
     scaled by its declared bounds, every categorical column and the classes as declared. For
     settings where several parties must share one transform (federated training)."""
     schema = data.schema
-    numeric, categorical = _split_kinds(data)
-    undeclared = [n for n in numeric if n not in schema.bounds] + [
-        n for n in categorical if n not in schema.categories
+    undeclared = [
+        n
+        for n in data.features.column_names
+        if schema.kind(n) is None or (schema.kind(n) == "numeric" and n not in schema.bounds)
     ]
     if schema.classes is None:
         undeclared.append(data.label_name)
@@ -399,13 +412,14 @@ def declared_preprocessor(data: TabularData) -> Preprocessor:
         )
     columns: list[NumericColumn | CategoricalColumn] = []
     for name in data.features.column_names:
-        if name in numeric:
+        if schema.kind(name) == "numeric":
             lo, hi = schema.bounds[name]
             transform = schema.transforms.get(name, "linear")
             t_lo, t_hi = forward(np.array([lo, hi]), lo, hi, transform)
             columns.append(
                 NumericColumn(
                     name=name,
+                    kind_source="declared",
                     lower=lo,
                     upper=hi,
                     transform=transform,
@@ -418,7 +432,10 @@ def declared_preprocessor(data: TabularData) -> Preprocessor:
         else:
             columns.append(
                 CategoricalColumn(
-                    name=name, categories=schema.categories[name], categories_source="declared"
+                    name=name,
+                    kind_source="declared",
+                    categories=schema.categories[name],
+                    categories_source="declared",
                 )
             )
     assert schema.classes is not None

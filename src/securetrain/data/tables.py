@@ -29,7 +29,10 @@ def _looks_binary(head: bytes) -> bool:
 def load_table(path: str | Path) -> pa.Table:
     """Read a CSV or Parquet file into an Arrow table.
 
-    Parquet is recognised by its magic bytes, CSV by being text; anything else is refused.
+    Parquet is recognised by its magic bytes, CSV by being text; anything else is refused. A
+    CSV's null markers (empty, ``NA``, ``null``, ...) are missing values in every column, so
+    whether a value is missing does not depend on the type that the other values give the
+    column (see :mod:`securetrain.data.values`).
     """
     p = Path(path)
     if not p.exists():
@@ -46,7 +49,9 @@ def load_table(path: str | Path) -> pa.Table:
         elif _looks_binary(head):
             raise DataError(f"Data file is neither CSV nor Parquet: {str(p)!r}.")
         else:
-            table = pacsv.read_csv(p)
+            table = pacsv.read_csv(
+                p, convert_options=pacsv.ConvertOptions(strings_can_be_null=True)
+            )
     except DataError:
         raise
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:

@@ -9,7 +9,6 @@ dependency installation disabled; the Flower app is ``securetrain.federated.depl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -336,21 +335,17 @@ def serve(
             n_train=sum(r["n_train"] for r in reports),
             n_test=0,
             counts="sum of the sites' Gaussian-noised counts",
-            sha256=_combined_digest(reports),
+            identity=None,
             split={"method": "none: each site trains on all its rows; no held-out data here"},
         ),
         metrics={"note": "the server holds no data; each site can evaluate the bundle locally"},
         site_reports=reports,
         signer=keys.signer,
         mode="deployment",
+        charged_to="each site's own budget, in its own ledger",
     )
     bundle = write_bundle(config.out, model.state_dict(), card, signer=keys.signer)
     return DeployResult(card, bundle, run_id)
-
-
-def _combined_digest(reports: list[dict]) -> str:
-    joined = "\n".join(sorted(r["data_sha256"] for r in reports))
-    return hashlib.sha256(joined.encode()).hexdigest()
 
 
 @dataclass

@@ -164,7 +164,7 @@ def simulate(config: FederatedConfig) -> FederatedResult:
             n_train=int(round(sum(s.n_noisy for s in sites))),
             n_test=0,
             counts="sum of the sites' Gaussian-noised counts; held-out counts not released",
-            sha256=data.sha256,
+            identity=data.commit(config.out),
             sealed=data.sealed,
             split={
                 "method": "hmac-sha256 per record",

@@ -558,7 +558,7 @@ def _finish(
             n_train=int(round(plan.n_train_noisy)),
             n_test=int(round(plan.n_test_noisy)),
             counts=f"Gaussian-noised (noise multiplier {plan.sigma_pre:.4g}, sensitivity 1), rounded",
-            sha256=data.sha256,
+            identity=data.commit(config.out),
             sealed=data.sealed,
             screening=screening,
             split={
