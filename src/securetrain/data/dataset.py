@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from securetrain.data.identity import DataIdentity, commit
+from securetrain.data.identity import DataIdentity, commit, public_identity
 from securetrain.errors import DataError
 
 
@@ -142,6 +142,10 @@ class TabularData:
         """This data's identity for the card of the bundle at ``bundle``, never a hash of the
         plaintext (see :mod:`securetrain.data.identity`)."""
         return commit(self, bundle)
+
+    def public_identity(self) -> DataIdentity | None:
+        """This data's identity where it needs no key (sealed or built-in data), else None."""
+        return public_identity(self)
 
     def to_table(self) -> pa.Table:
         """Features and the label column as one table."""

@@ -49,7 +49,8 @@ def _commitment(key: bytes, data: TabularData) -> str:
     return hmac.new(key, _CONTEXT + bytes.fromhex(data.sha256), hashlib.sha256).hexdigest()
 
 
-def _public(data: TabularData) -> DataIdentity | None:
+def public_identity(data: TabularData) -> DataIdentity | None:
+    """The identity of sealed or built-in data, released without a key; None for a private file."""
     if data.sealed is not None:
         return DataIdentity(kind="sealed-manifest", value=data.sealed["manifest_sha256"])
     if data.public:
@@ -60,7 +61,7 @@ def _public(data: TabularData) -> DataIdentity | None:
 def commit(data: TabularData, bundle: Path) -> DataIdentity:
     """The card's identity of ``data``; for a private file, a fresh key is written owner-only
     to :func:`key_path` (replacing one left by a run that wrote no bundle there)."""
-    public = _public(data)
+    public = public_identity(data)
     if public is not None:
         return public
     key = secrets.token_bytes(32)
@@ -98,9 +99,9 @@ def check(identity: DataIdentity | None, data: TabularData, *, key: Path) -> Non
     if identity is None:
         raise DataError("The card names no data to check against; this bundle cannot be audited.")
     if identity.kind == "hmac-sha256":
-        found = None if _public(data) else _commitment(_read_key(key), data)
+        found = None if public_identity(data) else _commitment(_read_key(key), data)
     else:
-        public = _public(data)
+        public = public_identity(data)
         found = public.value if public is not None and public.kind == identity.kind else None
     if found is None or not hmac.compare_digest(found, identity.value):
         raise DataError(

@@ -165,7 +165,9 @@ class DeployedSite(NumPyClient):
         report = {
             **summary,
             "name": self.site.name,
-            "data_sha256": self.site.data.sha256,
+            "data_identity": (
+                i.model_dump() if (i := self.site.data.public_identity()) is not None else None
+            ),
             "label": self.site.data.label_name,
             "events": events_to_json(site.events),
             "preprocessor": self.site.pre.model_dump(mode="json"),
