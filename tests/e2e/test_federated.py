@@ -1,17 +1,21 @@
 """Federated training on Flower's simulation engine: accuracy, SecAgg+ against plain FedAvg,
-robust aggregation against a sign-flipping site, per-site budgets, and bad settings."""
+robust aggregation against a sign-flipping site, per-site budgets, a sealed dataset's own
+budget, and bad settings."""
 
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import torch
+from sklearn.datasets import load_breast_cancer
 
 from securetrain.data import load_builtin
 from securetrain.federated.config import FederatedConfig
 from securetrain.federated.simulate import simulate
 from securetrain.store import Store, ledger
-from tests.helpers import one_error_line, run_cli
+from tests.helpers import one_error_line, run_cli, write_csv
 
 DATA = "builtin:breast-cancer"
 
@@ -137,3 +141,83 @@ def test_client_level_dp_is_recorded_with_its_epsilon(tmp_path: Path) -> None:
         compute_epsilon([GaussianEvent(0.5, 2)], delta=1e-5), rel=1e-9
     )
     assert result.card.metrics["test_auc"] > 0.5
+
+
+def _spent(show: str) -> float:
+    return float(show.split("spent + reserved (PLD):")[1].split()[0])
+
+
+def test_simulate_on_sealed_data_charges_its_budget_and_is_refused_when_spent(
+    tmp_path: Path,
+) -> None:
+    """The sites split the sealed rows, so the dataset is charged one site's events, before it
+    is decrypted; once the budget is spent the next run is refused before decryption."""
+    env = {"SECURETRAIN_HOME": str(tmp_path / "home")}
+    keys = tmp_path / "keys"
+    assert run_cli("keys", "new", "--out", str(keys), env=env).returncode == 0
+    data = load_breast_cancer()
+    columns = {f"x{i}": data.data[:, i] for i in range(4)}
+    columns["diagnosis"] = np.where(data.target == 1, "benign", "malignant").tolist()
+    csv = write_csv(pa.table(columns), tmp_path / "ward.csv")
+    schema = {
+        "columns": {f"x{i}": {"bounds": [0.0, float(data.data[:, i].max())]} for i in range(4)},
+        "classes": ["benign", "malignant"],
+    }
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    sealed = tmp_path / "ward.sealed"
+    seal = run_cli(
+        "seal",
+        str(csv),
+        "--key",
+        str(keys),
+        "--label",
+        "diagnosis",
+        "--schema",
+        str(tmp_path / "schema.json"),
+        "--out",
+        str(sealed),
+        env=env,
+    )
+    assert seal.returncode == 0, seal.stderr
+    assert run_cli("budget", "set", str(sealed), "--epsilon", "1.2", env=env).returncode == 0
+    before = run_cli("budget", "show", str(sealed), env=env)
+    assert before.returncode == 0 and _spent(before.stdout) == 0.0
+
+    def federated(out: str):
+        return run_cli(
+            "federated",
+            "simulate",
+            "--data",
+            str(sealed),
+            "--key",
+            str(keys),
+            "--sites",
+            "3",
+            "--rounds",
+            "1",
+            "--local-epochs",
+            "1",
+            "--epsilon",
+            "1",
+            "--out",
+            str(tmp_path / out),
+            env=env,
+        )
+
+    first = federated("fed1")
+    assert first.returncode == 0, first.stderr
+    after = run_cli("budget", "show", str(sealed), env=env)
+    assert 0.9 < _spent(after.stdout) <= 1.0 + 1e-6
+    assert "completed" in after.stdout
+    card = json.loads((tmp_path / "fed1" / "model_card.json").read_text())
+    assert card["federated"]["charged_to"].startswith("the sealed dataset's own budget")
+    sealed_id = card["data"]["sealed"]["dataset_id"]
+    assert f"({sealed_id})" in card["federated"]["charged_to"]
+    second = federated("fed2")
+    one_error_line(second, 4, "Privacy budget of ward.sealed exceeded")
+    assert not (tmp_path / "fed2").exists()
+    assert _spent(run_cli("budget", "show", str(sealed), env=env).stdout) == _spent(after.stdout)
+    log = run_cli("log", "show", env=env).stdout
+    assert log.count("run.reserved") == 1 and log.count("run.refused") == 1
+    assert log.count("run.running") == 1  # only the first run decrypted anything
+    assert "federated site" not in log  # no per-site budgets were made up for sealed data

@@ -40,12 +40,10 @@ MaxGradNormOption = Annotated[
     float | None, typer.Option(help="Per-sample clipping bound at the sites.")
 ]
 ClientDpOption = Annotated[
-    str, typer.Option(help="Client-level DP by server-side clipping: none, fixed or adaptive.")
+    str, typer.Option(help="Client-level DP by server-side clipping: none or fixed.")
 ]
 ClientNoiseOption = Annotated[float, typer.Option(help="Noise multiplier of client-level DP.")]
-ClientClipOption = Annotated[
-    float, typer.Option(help="Clipping bound of each site's update (initial, if adaptive).")
-]
+ClientClipOption = Annotated[float, typer.Option(help="Clipping bound of each site's update.")]
 
 
 def _config(options: dict, **settings: object) -> FederatedConfig:
@@ -93,7 +91,8 @@ def simulate_command(
     client_noise: ClientNoiseOption = 0.0,
     client_clip: ClientClipOption = 1.0,
     site_budget: Annotated[
-        float | None, typer.Option(help="Set each simulated site's total budget ε first.")
+        float | None,
+        typer.Option(help="Set each simulated site's total budget ε first (not for sealed data)."),
     ] = None,
     label: Annotated[str | None, typer.Option(help="Label column of a CSV/Parquet file.")] = None,
     schema: Annotated[
@@ -106,7 +105,8 @@ def simulate_command(
         int | None, typer.Option(help="Seed everything: reproducible, not secure.")
     ] = None,
 ) -> None:
-    """Simulate sites on this machine (Flower's simulation engine) and write a bundle."""
+    """Simulate sites on this machine (Flower's simulation engine) and write a bundle. A sealed
+    dataset's own budget is charged (refused when spent) before it is decrypted."""
     from securetrain.federated.simulate import simulate
 
     config = _config(locals())
@@ -130,7 +130,8 @@ def simulate_command(
     )
     per_site = ", ".join(f"site {s.index + 1}: ε = {s.epsilon:.3f}" for s in result.sites)
     console.print(
-        f"[green]{per_site}[/green] at δ = {delta:.0e} (PLD), charged to each site's budget"
+        f"[green]{per_site}[/green] at δ = {delta:.0e} (PLD), charged to "
+        f"{escape(result.charged_to)}"
     )
     m = card.metrics
     console.print(

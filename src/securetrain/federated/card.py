@@ -54,9 +54,11 @@ def federated_card(
     site_reports: list[dict[str, Any]],
     signer: Signer | None,
     mode: str,
+    charged_to: str,
 ) -> ModelCard:
     """``site_reports``: per site, its summary (epsilon, n_train, noise_multiplier, sample_rate,
-    steps_per_round, ...) and ``events`` (JSON)."""
+    steps_per_round, ...) and ``events`` (JSON); ``charged_to``: whose budget the run was
+    charged to."""
     worst = max(site_reports, key=lambda s: s["epsilon"])
     return ModelCard(
         model=ModelSection(
@@ -109,6 +111,7 @@ def federated_card(
             if config.attack == "none"
             else {"kind": config.attack, "malicious_sites": config.malicious},
             "unit_of_privacy": "record, per site (each site's own DP-SGD)",
+            "charged_to": charged_to,
             "site_privacy": [
                 {k: v for k, v in s.items() if k not in ("events", "preprocessor", "label")}
                 for s in site_reports

@@ -1,11 +1,13 @@
-"""``simulate``: a federated run on this machine with Flower's simulation engine; each site's
-privacy loss is charged to its budget, and the result is a (signed) bundle."""
+"""``simulate``: a federated run on this machine with Flower's simulation engine, and a
+(signed) bundle. A sealed dataset's own budget is charged before it is decrypted; a plaintext
+table or built-in dataset charges each simulated site's budget."""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +16,32 @@ from torch import nn
 
 from securetrain.bundle import ModelCard, write_bundle
 from securetrain.bundle.card import DataSection
+from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import TabularData, split_mask
 from securetrain.data.preprocess import Preprocessor, declared_preprocessor
-from securetrain.errors import SecureTrainError
+from securetrain.errors import ConfigError, SecureTrainError
 from securetrain.federated.card import federated_card
 from securetrain.federated.config import FederatedConfig
-from securetrain.federated.sites import Site, partition, plan_site
+from securetrain.federated.sites import COUNT_SHARE, Site, partition, plan_site
 from securetrain.outputs import check_new_dir
-from securetrain.privacy import events_to_json
+from securetrain.privacy import (
+    DPSGDPlan,
+    GaussianEvent,
+    calibrate_gaussian,
+    compute_epsilon,
+    dominates,
+    events_to_json,
+    plan_deltas,
+    plan_dp_sgd,
+)
+from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
+from securetrain.sealed import Header, check_key, is_sealed
 from securetrain.store import Store, ledger
 from securetrain.train import TrainConfig, evaluate
 from securetrain.train.models import architecture_for, build_model
 from securetrain.train.run import load_data
-from securetrain.train.trainer import resolve_keys
+from securetrain.train.sealed_run import open_verified, verified_header
+from securetrain.train.trainer import ResolvedKeys, resolve_keys
 
 TEST_FRACTION = 0.3
 
@@ -37,10 +52,99 @@ class FederatedResult:
     model: nn.Module
     bundle: Path
     sites: list[Site]
+    charged_to: str
+
+
+@dataclass(frozen=True)
+class DatasetCharge:
+    """A sealed dataset's own reservation for a federated run on it: the DP-SGD every site
+    runs, planned from the header."""
+
+    run_id: str
+    dataset_id: str
+    name: str
+    plan: DPSGDPlan
+    deltas: tuple[float, ...]
+
+
+def site_plan(config: FederatedConfig, n: float) -> DPSGDPlan:
+    """What a site of about ``n`` rows runs: its noisy row count (``COUNT_SHARE`` of ε), then
+    DP-SGD over all rounds, both within ε at δ (the planner)."""
+    count = GaussianEvent(calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta), 1)
+    return plan_dp_sgd(
+        epsilon=config.epsilon,
+        n=n,
+        epochs=config.epochs_per_round,
+        deltas=plan_deltas(n=n, delta=config.delta, selection=False),
+        batch_size=config.batch_size,
+        rounds=config.rounds,
+        fixed_events=[count],
+    )
+
+
+def _reserve_dataset(
+    config: FederatedConfig, train_config: TrainConfig, keys: ResolvedKeys, store: Store
+) -> tuple[Header, DatasetCharge]:
+    """Verify the sealed dataset and the key and reserve the run on the dataset's own budget,
+    from the header alone (nothing is decrypted). The sites hold disjoint rows, so one record
+    meets one site's mechanism only (parallel composition): the charge is the events of one
+    site, planned for the expected site size, and every site is held to them."""
+    if config.site_budget is not None:
+        raise ConfigError(
+            "--site-budget sets simulated sites' budgets; a sealed dataset is charged to its own "
+            "budget (securetrain budget set D.sealed --epsilon E)."
+        )
+    path = Path(config.data)
+    header = verified_header(train_config, keys)
+    assert keys.provider is not None
+    check_key(path, keys.provider)  # a wrong key fails here, before any reservation
+    plan = site_plan(config, max(1.0, header.rows * (1 - TEST_FRACTION) / config.sites))
+    run_id = ledger.reserve(
+        store,
+        dataset_id=header.dataset_id,
+        manifest_digest=signed_manifest_digest(path, SEALED_SIGNATURE),
+        name=path.name,
+        events=plan.events,
+        epsilon=config.epsilon,
+        delta_partition_selection=0.0,
+        parameters={
+            "federated": True,
+            "partition": config.partition,
+            **json.loads(config.site_settings()),
+        },
+    )
+    budget_delta = ledger.status(store, header.dataset_id).delta
+    return header, DatasetCharge(
+        run_id, header.dataset_id, path.name, plan, (config.delta, budget_delta)
+    )
+
+
+def _held_to(site: Site, charge: DatasetCharge) -> Site:
+    """The site runs the reserved DP-SGD (sample rate, noise multiplier, steps) whatever its
+    own size; its noisy count sets only its expected batch. Refused if its events would not be
+    dominated by the reservation."""
+    plan = charge.plan
+    events = [*site.events[:-1], plan.sgd_event]
+    if not dominates(plan.events, events, deltas=charge.deltas):
+        raise SecureTrainError(
+            f"Site {site.index}'s privacy loss would exceed what {charge.name} reserved."
+        )
+    return replace(
+        site,
+        sample_rate=plan.sample_rate,
+        steps_per_round=plan.steps_per_round,
+        noise_multiplier=plan.noise_multiplier,
+        events=events,
+        epsilon=compute_epsilon(events, delta=site.delta),
+    )
 
 
 def _sites(
-    config: FederatedConfig, pre: Preprocessor, data: TabularData, rng: np.random.Generator
+    config: FederatedConfig,
+    pre: Preprocessor,
+    data: TabularData,
+    rng: np.random.Generator,
+    charge: DatasetCharge | None,
 ) -> tuple[list[Site], str]:
     x = pre.transform(data.features)
     y, known = pre.encode_labels(data.labels)
@@ -50,18 +154,17 @@ def _sites(
     sites = []
     for i, rows in enumerate(partition(y, config.sites, config.dirichlet_alpha, rng)):
         train_rows, test_rows = rows[~test[rows]], rows[test[rows]]
-        sites.append(
-            plan_site(
-                i,
-                x[train_rows],
-                y[train_rows],
-                x[test_rows],
-                y[test_rows],
-                config,
-                batch_size=config.batch_size,
-                rng=rng,
-            )
+        site = plan_site(
+            i,
+            x[train_rows],
+            y[train_rows],
+            x[test_rows],
+            y[test_rows],
+            config,
+            batch_size=config.batch_size,
+            rng=rng,
         )
+        sites.append(site if charge is None else _held_to(site, charge))
     return sites, split_seed
 
 
@@ -97,10 +200,8 @@ def _reserve(
 
 
 def simulate(config: FederatedConfig) -> FederatedResult:
-    from flwr.simulation import run_simulation
-
-    from securetrain.federated.apps import client_app, get_weights, server_app, set_weights
-
+    """Train across simulated sites. On a sealed dataset: verify, reserve on its budget, and
+    only then decrypt (in memory); a run that fails after decryption keeps its charge."""
     config.validate_choices()
     assert config.out is not None
     check_new_dir(config.out)
@@ -112,16 +213,68 @@ def simulate(config: FederatedConfig) -> FederatedResult:
         passphrase_env=config.passphrase_env,
     )
     keys = resolve_keys(train_config)
-    data = load_data(train_config)
+    store = Store(config.store)
+    if not is_sealed(config.data):
+        return _simulate(config, load_data(train_config), keys, store, None)
+    header, charge = _reserve_dataset(config, train_config, keys, store)
+    decrypted = False
+
+    def on_decrypt() -> None:
+        nonlocal decrypted
+        decrypted = True
+        ledger.transition(store, charge.run_id, "running")
+
+    try:
+        data = open_verified(train_config, keys, header, on_decrypt=on_decrypt)
+        result = _simulate(config, data, keys, store, charge)
+    except BaseException as exc:
+        ledger.transition(
+            store,
+            charge.run_id,
+            "failed" if decrypted else "released",
+            details={"error": type(exc).__name__},
+        )
+        raise
+    ledger.transition(
+        store,
+        charge.run_id,
+        "completed",
+        events=charge.plan.events,
+        epsilon=charge.plan.epsilon(),
+        delta_partition_selection=0.0,
+        details={"bundle": str(result.bundle), "epsilon": charge.plan.epsilon()},
+    )
+    return result
+
+
+def _simulate(
+    config: FederatedConfig,
+    data: TabularData,
+    keys: ResolvedKeys,
+    store: Store,
+    charge: DatasetCharge | None,
+) -> FederatedResult:
+    from flwr.simulation import run_simulation
+
+    from securetrain.federated.apps import client_app, get_weights, server_app, set_weights
+
     pre = declared_preprocessor(data)
     rng = np.random.default_rng(secrets.randbits(128) if config.seed is None else config.seed)
-    sites, split_seed = _sites(config, pre, data, rng)
+    sites, split_seed = _sites(config, pre, data, rng, charge)
     arch = architecture_for(
         config.model, n_features=pre.n_features, n_classes=len(pre.label.classes), image_shape=None
     )
     lr, clip = config.site_lr, config.site_clip
-    store = Store(config.store)
-    runs = _reserve(store, data, sites, config)
+    site_runs = (
+        list(zip(sites, _reserve(store, data, sites, config), strict=True)) if charge is None else []
+    )
+    if charge is None:
+        charged_to = "each simulated site's own budget"
+    else:
+        charged_to = (
+            f"the sealed dataset's own budget ({charge.dataset_id}): the sites hold disjoint "
+            "rows, so the charge is one site's events (parallel composition)"
+        )
     if config.seed is not None:
         torch.manual_seed(config.seed)
     model = build_model(arch)
@@ -140,7 +293,7 @@ def simulate(config: FederatedConfig) -> FederatedResult:
         if not final:
             raise SecureTrainError("The federated run ended without a global model.")
     except BaseException:
-        for run_id in runs:
+        for _, run_id in site_runs:
             ledger.transition(store, run_id, "failed")
         raise
     set_weights(model, final[0])
@@ -176,9 +329,10 @@ def simulate(config: FederatedConfig) -> FederatedResult:
         site_reports=[{**s.summary(), "events": events_to_json(s.events)} for s in sites],
         signer=keys.signer,
         mode="simulation",
+        charged_to=charged_to,
     )
     bundle = write_bundle(config.out, model.state_dict(), card, signer=keys.signer)
-    for site, run_id in zip(sites, runs, strict=True):
+    for site, run_id in site_runs:
         ledger.transition(
             store,
             run_id,
@@ -188,4 +342,4 @@ def simulate(config: FederatedConfig) -> FederatedResult:
             delta_partition_selection=0.0,
             details={"bundle": str(bundle), "epsilon": site.epsilon},
         )
-    return FederatedResult(card, model, bundle, sites)
+    return FederatedResult(card, model, bundle, sites, charged_to)
