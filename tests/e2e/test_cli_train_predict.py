@@ -137,8 +137,10 @@ def test_planted_unique_string_never_reaches_the_bundle(tmp_path: Path) -> None:
     assert cols["city"]["categories_source"] == "dp"
     assert pre["label"]["classes_source"] == "dp"
     assert cols["age"]["bounds_source"] == "dp" and cols["age"]["scaling_source"] == "dp"
+    assert cols["age"]["kind_source"] == "dp" and cols["city"]["kind_source"] == "dp"
     assert set(pre["dp"]["releases"]) == {
         "counts",
+        "column_kinds",
         "numeric_bounds",
         "category_selection",
         "moments",
@@ -157,7 +159,7 @@ def test_planted_unique_string_never_reaches_the_bundle(tmp_path: Path) -> None:
     assert p["events"][0] == {
         "mechanism": "gaussian",
         "noise_multiplier": pre["dp"]["noise_multiplier"],
-        "count": 4,
+        "count": 5,
     }
     assert sgd_only < p["epsilon"] <= 1.0
     assert p["delta_partition_selection"] > 0
