@@ -80,7 +80,8 @@ class KeystreamGenerator:
 
     def uniform(self, n: int) -> torch.Tensor:
         """``n`` float64 uniforms on the 53-bit grid of [0, 1)."""
-        top = np.right_shift(self.words(n), np.uint64(11))
+        top = self.words(n)
+        np.right_shift(top, np.uint64(11), out=top)
         return torch.from_numpy(top.view(np.int64)).to(torch.float64).mul_(2.0**-53)
 
     def normal(
@@ -89,12 +90,13 @@ class KeystreamGenerator:
         """N(0, std^2) of the given shape, computed in float64 (Box-Muller) and then cast."""
         count = math.prod(shape)
         pairs = -(-count // 2)
-        u = self.uniform(2 * pairs)
-        radius = u[:pairs].neg_().log1p_().mul_(-2.0 * std * std).sqrt_()
-        angle = u[pairs:].mul_(2.0 * math.pi)
-        z = torch.empty(2 * pairs, dtype=torch.float64)
-        torch.mul(radius, torch.cos(angle), out=z[:pairs])
-        torch.mul(radius, angle.sin_(), out=z[pairs:])
+        z = self.uniform(2 * pairs)
+        radius, angle = z[:pairs], z[pairs:]
+        radius.neg_().log1p_().mul_(-2.0 * std * std).sqrt_()
+        angle.mul_(2.0 * math.pi)
+        cos = torch.cos(angle)
+        angle.sin_().mul_(radius)
+        radius.mul_(cos)
         return z[:count].to(dtype).reshape(shape)
 
     def bernoulli(self, n: int, p: float) -> torch.Tensor:
