@@ -23,10 +23,10 @@ class Schema:
 
     ``bounds`` maps numeric columns to (lower, upper); ``transforms`` marks right-skewed numeric
     columns for a log scale (``"log"``; default ``"linear"``); ``categories`` maps categorical
-    columns to their allowed values; ``classes`` lists the label's values. A column's kind comes
-    from its declaration (bounds or a transform: numeric; categories: categorical), never from
-    the values. Anything not declared is estimated with differential privacy from the training
-    split.
+    columns to their allowed values; ``classes`` lists the label's values. A declared column's
+    kind comes from its declaration (bounds or a transform: numeric; categories: categorical),
+    never from the values or their Arrow type. Anything not declared, an undeclared column's kind
+    included, is estimated with differential privacy from the training split.
     """
 
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
