@@ -225,8 +225,8 @@ def test_sealed_data_screened_trained_with_drop_and_audited(tmp_path: Path) -> N
     _ok(r)
     card = json.loads((bundle / "model_card.json").read_text())
     screening = card["data"]["screening"]
-    assert screening["mode"] == "drop" and screening["dropped"] == len(flagged)
-    assert screening["by_check"]["exact_duplicate"] == 5
+    assert screening["mode"] == "drop" and "exact_duplicate" in screening["checks"]
+    assert not any(isinstance(v, int) for v in screening.values()), screening
     assert "not covered by the DP guarantee" in screening["note"]
     out = tmp_path / "audit"
     _ok(

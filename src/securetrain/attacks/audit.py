@@ -40,7 +40,7 @@ def _membership(card, data: TabularData, data_key: Path):  # type: ignore[no-unt
     the data is shown to be the trained-on data (``data_key``: the key of its commitment)."""
     check_identity(card.data.identity, data, key=data_key)
     screening = card.data.screening or {}
-    if screening.get("dropped"):
+    if screening.get("mode") == "drop":
         from securetrain.screening import screen
 
         flagged = screen(data).flagged_rows

@@ -174,7 +174,7 @@ def train_command(
         err_console.print(
             "[yellow]warning: the bundle is not signed (give --key or --sign-key)[/yellow]"
         )
-    screening = result.card.data.screening
+    screening = result.screening
     if screening and screening["flagged"]:
         found = describe_counts(screening["by_check"])
         verb = "dropped" if screening["mode"] == "drop" else "kept (--screen drop removes them)"

@@ -3,7 +3,12 @@
 from securetrain.data.builtin import BUILTINS, PREFIX, load_builtin
 from securetrain.data.dataset import Schema, TabularData, from_table
 from securetrain.data.loading import load_dataset
-from securetrain.data.preprocess import Preprocessor, fit_preprocessor, planned_releases
+from securetrain.data.preprocess import (
+    Preprocessor,
+    fit_preprocessor,
+    noisy_counts,
+    planned_releases,
+)
 from securetrain.data.split import split_mask
 from securetrain.data.tables import file_sha256, load_table
 
@@ -19,6 +24,7 @@ __all__ = [
     "load_builtin",
     "load_dataset",
     "load_table",
+    "noisy_counts",
     "planned_releases",
     "split_mask",
 ]

@@ -262,6 +262,14 @@ def planned_releases(data: TabularData) -> list[str]:
     return releases
 
 
+def noisy_counts(
+    n_train: int, n_test: int, sigma: float, rng: np.random.Generator
+) -> tuple[float, float]:
+    """The train and test row counts, Gaussian-noised (one release: a record is in one split)."""
+    noisy = np.array([n_train, n_test], dtype=float) + rng.normal(0, sigma, 2)
+    return max(float(noisy[0]), 1.0), max(float(noisy[1]), 0.0)
+
+
 def fit_preprocessor(
     train: TabularData,
     *,
@@ -269,20 +277,19 @@ def fit_preprocessor(
     sigma: float,
     selection_delta: float,
     rng: np.random.Generator,
+    counts: tuple[float, float] | None = None,
 ) -> tuple[Preprocessor, list[GaussianEvent], float, float]:
     """Fit the transform on the training split with DP where nothing is declared.
 
+    ``counts`` are the noisy train and test counts when the caller has already released them
+    with :func:`noisy_counts` (to choose δ from them); they stay one of this fit's releases.
     Returns the preprocessor, the Gaussian events spent, and the noisy train and test counts.
     """
     if train.n_rows == 0:
         raise DataError("The training split is empty.")
     schema = train.schema
     releases = ["counts"]
-    noisy_train, noisy_test = np.array([train.n_rows, n_test], dtype=float) + rng.normal(
-        0, sigma, 2
-    )
-    noisy_train = max(noisy_train, 1.0)
-    noisy_test = max(noisy_test, 0.0)
+    noisy_train, noisy_test = counts or noisy_counts(train.n_rows, n_test, sigma, rng)
 
     names = train.features.column_names
     kinds = {n: (kind, "declared") for n in names if (kind := schema.kind(n)) is not None}

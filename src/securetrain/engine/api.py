@@ -12,7 +12,7 @@ from securetrain.engine.noise import make_generator
 from securetrain.engine.optimizer import DPOptimizer, check_privacy_parameters
 from securetrain.engine.sampling import DPDataLoader
 from securetrain.errors import ConfigError
-from securetrain.privacy.accounting import calibrate_noise
+from securetrain.privacy.planner import plan_deltas, plan_dp_sgd
 
 
 def _sampling(data_loader: DataLoader[Any]) -> tuple[int, int, float]:
@@ -89,12 +89,15 @@ def make_private_with_epsilon(
 ) -> tuple[nn.Module, DPOptimizer, DPDataLoader]:
     """Like :func:`make_private`, with the smallest noise that keeps ``epochs`` passes over the
     loader within ``(target_epsilon, target_delta)``."""
-    if epochs < 1:
-        raise ConfigError(f"Epochs must be at least 1. Found {epochs}.")
-    _, per_epoch, sample_rate = _sampling(data_loader)
-    sigma = calibrate_noise(
-        target_epsilon, target_delta, sample_rate, epochs * per_epoch, accountant=accountant
-    )
+    n, _, sample_rate = _sampling(data_loader)
+    sigma = plan_dp_sgd(
+        epsilon=target_epsilon,
+        n=n,
+        epochs=epochs,
+        deltas=plan_deltas(n=n, delta=target_delta, selection=False),
+        sample_rate=sample_rate,
+        accountant=accountant,
+    ).noise_multiplier
     return make_private(
         module=module,
         optimizer=optimizer,

@@ -3,7 +3,6 @@ DP per site), and one round of local training, honest or malicious."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,10 +13,9 @@ from securetrain.errors import DataError
 from securetrain.federated.config import FederatedConfig
 from securetrain.privacy import (
     GaussianEvent,
-    PoissonGaussianEvent,
     calibrate_gaussian,
-    calibrate_noise,
-    compute_epsilon,
+    plan_deltas,
+    plan_dp_sgd,
 )
 from securetrain.train.config import Hyperparameters
 from securetrain.train.trainer import DPPlan, fit
@@ -87,8 +85,9 @@ def plan_site(
     rng: np.random.Generator,
     n_noisy: float | None = None,
 ) -> Site:
-    """The site's DP-SGD over all rounds: a noisy row count (10% of its ε), then Poisson-sampled
-    steps with noise calibrated so that both compose to the site's ε at δ (PLD). A site that
+    """The site's DP-SGD over all rounds, from the one planner: a noisy row count (10% of its
+    ε), then Poisson-sampled steps with noise calibrated so that both compose to the site's ε at
+    δ (PLD). A site that
     already released its noisy count (``n_noisy``, in an earlier round) reuses it."""
     if len(y_train) < MIN_SITE_ROWS:
         raise DataError(
@@ -98,18 +97,16 @@ def plan_site(
     sigma_count = calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta)
     if n_noisy is None:
         n_noisy = max(1.0, len(y_train) + float(rng.normal(0, sigma_count)))
-    batch = batch_size or max(8, int(round(n_noisy / 4)))
-    q = min(1.0, batch / n_noisy)
-    steps_per_round = config.epochs_per_round * math.ceil(1 / q)
     count_event = GaussianEvent(sigma_count, 1)
-    sigma = calibrate_noise(
-        config.epsilon,
-        config.delta,
-        q,
-        steps_per_round * config.rounds,
+    plan = plan_dp_sgd(
+        epsilon=config.epsilon,
+        n=n_noisy,
+        epochs=config.epochs_per_round,
+        deltas=plan_deltas(n=n_noisy, delta=config.delta, selection=False),
+        batch_size=batch_size,
+        rounds=config.rounds,
         fixed_events=[count_event],
     )
-    events = [count_event, PoissonGaussianEvent(q, sigma, steps_per_round * config.rounds)]
     return Site(
         index=index,
         x_train=x_train,
@@ -117,11 +114,11 @@ def plan_site(
         x_test=x_test,
         y_test=y_test,
         n_noisy=n_noisy,
-        sample_rate=q,
-        steps_per_round=steps_per_round,
-        noise_multiplier=sigma,
-        events=events,
-        epsilon=compute_epsilon(events, delta=config.delta),
+        sample_rate=plan.sample_rate,
+        steps_per_round=plan.steps_per_round,
+        noise_multiplier=plan.noise_multiplier,
+        events=plan.events,
+        epsilon=plan.epsilon(),
         delta=config.delta,
         malicious=index < config.malicious,
     )

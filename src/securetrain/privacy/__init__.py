@@ -16,9 +16,20 @@ from securetrain.privacy.events import (
     events_to_json,
     to_dp_event,
 )
+from securetrain.privacy.planner import (
+    Deltas,
+    DPSGDPlan,
+    default_batch_size,
+    default_delta,
+    dominates,
+    plan_deltas,
+    plan_dp_sgd,
+)
 
 __all__ = [
     "ACCOUNTANTS",
+    "DPSGDPlan",
+    "Deltas",
     "Event",
     "GaussianEvent",
     "PoissonGaussianEvent",
@@ -27,7 +38,12 @@ __all__ = [
     "check_delta",
     "check_epsilon",
     "compute_epsilon",
+    "default_batch_size",
+    "default_delta",
+    "dominates",
     "events_from_json",
     "events_to_json",
+    "plan_deltas",
+    "plan_dp_sgd",
     "to_dp_event",
 ]

@@ -24,6 +24,7 @@ from securetrain.privacy import (
     check_delta,
     check_epsilon,
     compute_epsilon,
+    dominates,
     events_from_json,
     events_to_json,
 )
@@ -288,18 +289,25 @@ def transition(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Move a run to ``state``. ``released`` drops its charge (allowed only before any data was
-    decrypted); ``completed`` replaces the planned events with those that ran."""
+    decrypted); ``completed`` replaces the reserved events with those that ran, but only if the
+    reservation dominates them (at the dataset's δ): a run that spent more than it reserved
+    keeps its reservation, is marked failed, and :class:`BudgetExceeded` is raised."""
     if state not in STATES:
         raise ConfigError(f"Run state must be one of {', '.join(STATES)}. Found {state!r}.")
+    overrun: str | None = None
     with store.transaction() as conn:
         row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
         if row is None:
             raise DataError(f"No run {run_id!r} in the store.")
         store.lock_dataset(conn, row.dataset_id)
+        if state == "completed" and events is not None:
+            overrun = _overrun(conn, row.dataset_id, run_id, events, delta_partition_selection)
+            if overrun is not None:
+                state, details = "failed", {**(details or {}), "overrun": overrun}
         conn.execute(update(runs).where(runs.c.id == run_id).values(state=state, updated_at=now()))
         if state == "released":
             conn.execute(delete(privacy_charges).where(privacy_charges.c.run_id == run_id))
-        elif events is not None:
+        elif events is not None and overrun is None:
             conn.execute(
                 update(privacy_charges)
                 .where(privacy_charges.c.run_id == run_id)
@@ -311,3 +319,35 @@ def transition(
                 )
             )
         append(store, conn, f"run.{state}", row.dataset_id, {"run_id": run_id, **(details or {})})
+    if overrun is not None:
+        raise BudgetExceeded(f"Run {run_id} spent more than it reserved: {overrun}")
+
+
+def _overrun(
+    conn: Connection,
+    dataset_id: str,
+    run_id: str,
+    actual: list[Event],
+    actual_selection_delta: float | None,
+) -> str | None:
+    """Why the actual events exceed the run's reservation, or None when they do not."""
+    ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one()
+    charge = conn.execute(
+        select(privacy_charges).where(privacy_charges.c.run_id == run_id)
+    ).first()
+    if charge is None:
+        return "it has no reservation"
+    if (actual_selection_delta or 0.0) > charge.delta:
+        return (
+            f"partition-selection δ {actual_selection_delta:g} exceeds the reserved {charge.delta:g}"
+        )
+    reserved = events_from_json(json.loads(charge.events))
+    delta = ds.delta - charge.delta
+    if delta <= 0:
+        return None
+    if not dominates(reserved, actual, deltas=[delta]):
+        return (
+            f"ε {compute_epsilon(actual, delta=delta):.4f} exceeds the reserved "
+            f"{compute_epsilon(reserved, delta=delta):.4f} at δ = {delta:g}"
+        )
+    return None

@@ -10,8 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from securetrain.errors import ConfigError
 from securetrain.privacy.accounting import ACCOUNTANTS
-
-MIN_DP_DELTA_EXPONENT = 5
+from securetrain.privacy.planner import default_batch_size
 
 
 class TrainConfig(BaseModel):
@@ -92,13 +91,6 @@ class TrainConfig(BaseModel):
             raise ConfigError(f"Test fraction must be in (0, 1). Found {self.test_fraction}.")
 
 
-def default_delta(n_noisy: float) -> tuple[float, str]:
-    """A delta well below 1/N: 10^-(digits of N + 1), at most 1e-5. Uses the noisy count."""
-    digits = max(1, math.ceil(math.log10(max(n_noisy, 2.0))))
-    exponent = max(MIN_DP_DELTA_EXPONENT, digits + 1)
-    return 10.0**-exponent, f"10^-max({MIN_DP_DELTA_EXPONENT}, digits(noisy n_train) + 1)"
-
-
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
@@ -112,9 +104,7 @@ class Hyperparameters(BaseModel):
 def choose_hyperparameters(config: TrainConfig, *, n_noisy: float, image: bool) -> Hyperparameters:
     """Good defaults for DP-SGD on this much data; anything the user set wins."""
     model = config.model if config.model != "auto" else ("cnn" if image else "logreg")
-    # Large expected batches (about a third of the data, at most 1024) and few epochs: the
-    # regime where DP-SGD's signal-to-noise ratio is best at a fixed epsilon.
-    batch = config.batch_size or int(min(1024, max(32, round(n_noisy / 3))))
+    batch = config.batch_size or default_batch_size(n_noisy)
     return Hyperparameters(
         model=model,
         epochs=config.epochs or (50 if config.no_dp else 25),

@@ -4,36 +4,29 @@ checkpoint (encrypted), and resume a crashed run under its original reservation.
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
 from securetrain.crypto.signing import signed_manifest_digest
-from securetrain.data import Schema, TabularData, from_table, planned_releases
+from securetrain.data import Schema, TabularData, from_table
 from securetrain.errors import ConfigError, IntegrityError
-from securetrain.privacy import (
-    Event,
-    GaussianEvent,
-    PoissonGaussianEvent,
-    calibrate_noise,
-    events_from_json,
-)
+from securetrain.privacy import events_from_json
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import Header, check_key, open_sealed, verify_sealed
 from securetrain.store import Store, ledger
 from securetrain.train.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
-from securetrain.train.config import TrainConfig, choose_hyperparameters, default_delta
+from securetrain.train.config import TrainConfig
 from securetrain.train.trainer import (
-    CALIBRATION_DELTA,
+    MechanismPlan,
     ProgressCallback,
     ResolvedKeys,
     RunPlan,
     TrainingState,
     TrainResult,
     apply_classes,
-    preprocessing_sigma,
+    plan_mechanism,
     train_loaded,
 )
 
@@ -56,11 +49,20 @@ def verified_header(config: TrainConfig, keys: ResolvedKeys) -> Header:
     return verify_sealed(Path(config.data), keys.public_key)
 
 
-def open_verified(config: TrainConfig, keys: ResolvedKeys, header: Header) -> TabularData:
-    """Decrypt a verified sealed dataset into memory (never to disk)."""
+def open_verified(
+    config: TrainConfig,
+    keys: ResolvedKeys,
+    header: Header,
+    *,
+    on_decrypt: Callable[[], None] | None = None,
+) -> TabularData:
+    """Decrypt a verified sealed dataset into memory (never to disk); ``on_decrypt`` is called
+    just before decryption begins."""
     path = Path(config.data)
     assert keys.provider is not None
     digest = signed_manifest_digest(path, SEALED_SIGNATURE)
+    if on_decrypt is not None:
+        on_decrypt()
     opened, table = open_sealed(path, keys=keys.provider)
     if opened.raw != header.raw:
         raise IntegrityError(f"{config.data!r} changed after it was verified")
@@ -81,13 +83,10 @@ def open_verified(config: TrainConfig, keys: ResolvedKeys, header: Header) -> Ta
     return apply_classes(config, data)
 
 
-def plan_privacy(config: TrainConfig, header: Header) -> tuple[list[Event], float, float]:
-    """The events a run will spend, planned from the sealed header alone (no decryption).
-
-    The run itself recomputes them from its noisy count; both are calibrated to the same target
-    epsilon, and the ledger replaces the plan with the events that ran when the run completes.
-    """
-    assert config.epsilon is not None
+def plan_privacy(config: TrainConfig, header: Header) -> MechanismPlan:
+    """The mechanism a run will apply, planned from the sealed header alone (no decryption):
+    the schema decides the releases, and the header's row count less the test share stands in
+    for the noisy count. The run under the reservation applies exactly this mechanism."""
     schema_only = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(header.doc["arrow_schema"])))
     like = from_table(
         schema_only.empty_table(),
@@ -99,30 +98,7 @@ def plan_privacy(config: TrainConfig, header: Header) -> tuple[list[Event], floa
         keep_identifiers=True,
     )
     like = apply_classes(config, like)
-    n_plan = max(1.0, header.rows * (1 - config.test_fraction))
-    releases = planned_releases(like)
-    sigma_pre = preprocessing_sigma(config, like)
-    hp = choose_hyperparameters(config, n_noisy=n_plan, image=False)
-    delta = config.delta if config.delta is not None else default_delta(n_plan)[0]
-    selection_delta = (
-        (config.delta or CALIBRATION_DELTA) / 10 if "category_selection" in releases else 0.0
-    )
-    sample_rate = min(1.0, hp.batch_size / n_plan)
-    steps = max(1, math.ceil(hp.epochs / sample_rate))
-    fixed = [GaussianEvent(sigma_pre, len(releases))]
-    sigma = calibrate_noise(
-        config.epsilon,
-        delta - selection_delta,
-        sample_rate,
-        steps,
-        fixed_events=fixed,
-        accountant=config.accountant,
-    )
-    return (
-        [*fixed, PoissonGaussianEvent(sample_rate, sigma, steps)],
-        config.epsilon,
-        selection_delta,
-    )
+    return plan_mechanism(config, like, n=max(1.0, header.rows * (1 - config.test_fraction)))
 
 
 def _checkpointer(config: TrainConfig, keys: ResolvedKeys, run_id: str):  # type: ignore[no-untyped-def]
@@ -163,17 +139,26 @@ def reserve_sealed(config: TrainConfig, keys: ResolvedKeys) -> str:
     header = verified_header(config, keys)
     assert keys.provider is not None
     check_key(Path(config.data), keys.provider)  # a wrong key fails here, before any reservation
-    events, epsilon, selection_delta = plan_privacy(config, header)
+    mechanism = plan_privacy(config, header)
+    assert config.epsilon is not None
     return ledger.reserve(
         Store(config.store),
         dataset_id=header.dataset_id,
         manifest_digest=signed_manifest_digest(Path(config.data), SEALED_SIGNATURE),
         name=Path(config.data).name,
-        events=events,
-        epsilon=epsilon,
-        delta_partition_selection=selection_delta,
-        parameters=config.model_dump(mode="json"),
+        events=mechanism.events(),
+        epsilon=config.epsilon,
+        delta_partition_selection=mechanism.selection_delta,
+        parameters={
+            "config": config.model_dump(mode="json"),
+            "mechanism": mechanism.model_dump(mode="json"),
+        },
     )
+
+
+def reserved_mechanism(store: Store, run_id: str) -> MechanismPlan:
+    """The mechanism a run reserved (what it may apply, and no more)."""
+    return MechanismPlan.model_validate(ledger.get_run(store, run_id).parameters["mechanism"])
 
 
 def reserved_header(config: TrainConfig, keys: ResolvedKeys, store: Store, run_id: str) -> Header:
@@ -190,23 +175,34 @@ def reserved_header(config: TrainConfig, keys: ResolvedKeys, store: Store, run_i
 def train_reserved(
     config: TrainConfig, keys: ResolvedKeys, run_id: str, progress: ProgressCallback | None
 ) -> TrainResult:
-    """Train under an existing reservation: decrypt in memory, train, record what ran. A run
-    stopped before decryption releases its reservation; after, the charge stays."""
+    """Train under an existing reservation: decrypt in memory, train with exactly the reserved
+    mechanism, record what ran. A run stopped before decryption releases its reservation; once
+    decryption has begun (even if the table then fails to parse), the charge stays."""
     store = Store(config.store)
     header = reserved_header(config, keys, store, run_id)
-    decrypted = False
+    mechanism = reserved_mechanism(store, run_id)
+    decrypting = False
+
+    def started() -> None:
+        nonlocal decrypting
+        decrypting = True
+
     try:
-        data = open_verified(config, keys, header)
-        decrypted = True
+        data = open_verified(config, keys, header, on_decrypt=started)
         ledger.transition(store, run_id, "running")
         result = train_loaded(
-            config, data, keys, progress, on_checkpoint=_checkpointer(config, keys, run_id)
+            config,
+            data,
+            keys,
+            progress,
+            reserved=mechanism,
+            on_checkpoint=_checkpointer(config, keys, run_id),
         )
     except BaseException as exc:
         ledger.transition(
             store,
             run_id,
-            "failed" if decrypted else "released",
+            "failed" if decrypting else "released",
             details={"error": type(exc).__name__},
         )
         raise
@@ -237,7 +233,7 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError(
             f"Run {config.resume} is {run.state}; only a running or failed run can be resumed."
         )
-    original = TrainConfig.model_validate(run.parameters)
+    original = TrainConfig.model_validate(run.parameters["config"])
     overrides = {
         k: v
         for k, v in config.model_dump().items()

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
-from sklearn.metrics import accuracy_score, roc_auc_score
 from torch import nn
 
 from securetrain.bundle import SIGNATURE, ModelCard, Signer, write_bundle
@@ -25,6 +24,7 @@ from securetrain.data import (
     TabularData,
     fit_preprocessor,
     load_dataset,
+    noisy_counts,
     planned_releases,
 )
 from securetrain.data.split import split_mask
@@ -33,25 +33,31 @@ from securetrain.engine.noise import rng_description
 from securetrain.engine.sampling import PoissonBatchSampler
 from securetrain.errors import ConfigError, DataError
 from securetrain.privacy import (
+    Event,
+    GaussianEvent,
     PoissonGaussianEvent,
     calibrate_gaussian,
-    calibrate_noise,
     compute_epsilon,
     events_from_json,
     events_to_json,
+    plan_deltas,
+    plan_dp_sgd,
 )
 from securetrain.train.checkpoint import TrainingState
-from securetrain.train.config import (
-    Hyperparameters,
-    TrainConfig,
-    choose_hyperparameters,
-    default_delta,
-)
+from securetrain.train.config import Hyperparameters, TrainConfig, choose_hyperparameters
+from securetrain.train.metrics import RELEASE as METRICS_RELEASE
+from securetrain.train.metrics import dp_metrics, exact_metrics, predict_proba
 from securetrain.train.models import architecture_for, build_model
 
 NO_DP_WARNING = "Trained WITHOUT differential privacy (--no-dp): a baseline only; do not release."
 # Preprocessing noise is calibrated at this delta; the final epsilon is computed at the run's delta.
 CALIBRATION_DELTA = 1e-5
+METRICS_NOTE = (
+    "computed on the held-out split from one Gaussian release (histograms of predicted "
+    "probabilities and the confusion matrix, at the preprocessing noise multiplier), which is "
+    "one of privacy.events"
+)
+NO_DP_METRICS_NOTE = "exact, on the held-out split: this model has no DP guarantee"
 
 
 @dataclass
@@ -69,21 +75,31 @@ class TrainResult:
     preprocessor: Preprocessor
     bundle: Path
     run_id: str | None = None
+    exact_metrics: dict[str, float | None] | None = None
+    screening: dict[str, Any] | None = None
+    """Exact held-out metrics and screening counts: for whoever holds the data, not the card."""
 
 
 ProgressCallback = Callable[[StepInfo], None]
 
 
-def _numpy_rng(seed: int | None) -> np.random.Generator:
-    return np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+def _numpy_rng(seed: int | None, stream: int = 0) -> np.random.Generator:
+    """Noise for preprocessing (stream 0) and metrics (stream 1): OS entropy unless seeded."""
+    if seed is None:
+        return np.random.default_rng(secrets.randbits(128))
+    return np.random.default_rng(seed if stream == 0 else [seed, stream])
 
 
-def preprocessing_sigma(config: TrainConfig, data: TabularData) -> float:
-    """Noise multiplier for preprocessing releases: the share of epsilon spent on them alone."""
+def run_releases(data: TabularData) -> list[str]:
+    """The Gaussian releases a run may make besides DP-SGD, known from the schema alone: the
+    preprocessing statistics and the card's held-out metrics."""
+    return [*planned_releases(data), METRICS_RELEASE]
+
+
+def preprocessing_sigma(config: TrainConfig, releases: int) -> float:
+    """Noise multiplier for the releases besides DP-SGD: the share of epsilon spent on them."""
     target = (config.epsilon or 1.0) * config.preprocessing_share
-    return calibrate_gaussian(
-        target, config.delta or CALIBRATION_DELTA, count=len(planned_releases(data))
-    )
+    return calibrate_gaussian(target, config.delta or CALIBRATION_DELTA, count=releases)
 
 
 def make_optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
@@ -95,25 +111,8 @@ def make_optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimiz
 def evaluate(
     model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int
 ) -> dict[str, float | None]:
-    if len(y) == 0:
-        return {"test_accuracy": None, "test_auc": None}
-    model.eval()
-    with torch.no_grad():
-        probs = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
-    metrics: dict[str, float | None] = {
-        "test_accuracy": round(float(accuracy_score(y, probs.argmax(1))), 4)
-    }
-    present = np.unique(y)
-    if len(present) < 2:
-        metrics["test_auc"] = None
-    elif n_classes == 2:
-        metrics["test_auc"] = round(float(roc_auc_score(y, probs[:, 1])), 4)
-    else:
-        p = probs[:, present] / probs[:, present].sum(1, keepdims=True)
-        metrics["test_auc"] = round(
-            float(roc_auc_score(y, p, multi_class="ovr", labels=present)), 4
-        )
-    return metrics
+    """Exact held-out accuracy and AUC (for the data's holder; the card gets DP ones)."""
+    return exact_metrics(predict_proba(model, x), y, n_classes)
 
 
 class DPPlan(BaseModel):
@@ -125,6 +124,72 @@ class DPPlan(BaseModel):
     noise_multiplier: float
     expected_batch_size: float
     accounting_delta: float
+
+
+class MechanismPlan(BaseModel):
+    """Every mechanism a run may apply to its data, fixed by the planner before any row is seen
+    (beyond the noisy count it was planned on): a reservation in the ledger stores this, and the
+    run under it applies exactly this mechanism, so it can never spend more than it reserved."""
+
+    model_config = ConfigDict(extra="forbid")
+    hp: Hyperparameters
+    sigma_pre: float
+    releases: list[str]
+    delta: float
+    delta_rule: str
+    selection_delta: float
+    accountant: str
+    sample_rate: float | None
+    noise_multiplier: float | None
+    steps: int | None
+
+    @property
+    def accounting_delta(self) -> float:
+        return self.delta - self.selection_delta
+
+    def events(self) -> list[Event]:
+        """The events the run may spend at most (its reservation)."""
+        fixed: list[Event] = [GaussianEvent(self.sigma_pre, len(self.releases))]
+        if self.sample_rate is None or self.noise_multiplier is None or self.steps is None:
+            return fixed
+        return [*fixed, PoissonGaussianEvent(self.sample_rate, self.noise_multiplier, self.steps)]
+
+
+def plan_mechanism(config: TrainConfig, like: TabularData, *, n: float) -> MechanismPlan:
+    """Plan a run on about ``n`` training rows (the noisy count, or for a reservation the size
+    from the sealed header): preprocessing noise, δ, hyperparameters and DP-SGD, through the
+    one planner in :mod:`securetrain.privacy.planner`. ``like`` needs only the columns and schema."""
+    releases = run_releases(like)
+    sigma_pre = preprocessing_sigma(config, len(releases))
+    hp = choose_hyperparameters(config, n_noisy=n, image=like.image_shape is not None)
+    deltas = plan_deltas(n=n, delta=config.delta, selection="category_selection" in releases)
+    common = dict(
+        hp=hp,
+        sigma_pre=sigma_pre,
+        releases=releases,
+        delta=deltas.delta,
+        delta_rule=deltas.rule,
+        selection_delta=deltas.selection,
+        accountant=config.accountant,
+    )
+    if config.no_dp:
+        return MechanismPlan(**common, sample_rate=None, noise_multiplier=None, steps=None)
+    assert config.epsilon is not None
+    sgd = plan_dp_sgd(
+        epsilon=config.epsilon,
+        n=n,
+        epochs=hp.epochs,
+        deltas=deltas,
+        batch_size=hp.batch_size,
+        fixed_events=[GaussianEvent(sigma_pre, len(releases))],
+        accountant=config.accountant,
+    )
+    return MechanismPlan(
+        **common,
+        sample_rate=sgd.sample_rate,
+        noise_multiplier=sgd.noise_multiplier,
+        steps=sgd.steps,
+    )
 
 
 class RunPlan(BaseModel):
@@ -142,6 +207,16 @@ class RunPlan(BaseModel):
     delta: float | None
     delta_rule: str | None
     dp: DPPlan | None
+
+
+def run_events(plan: RunPlan) -> list[Event]:
+    """The events a run spends: its releases besides DP-SGD (preprocessing, metrics) and the
+    DP-SGD steps."""
+    pre_events = events_from_json(plan.pre_events)
+    if plan.dp is None:
+        return pre_events
+    dp = plan.dp
+    return [*pre_events, PoissonGaussianEvent(dp.sample_rate, dp.noise_multiplier, dp.steps)]
 
 
 @dataclass
@@ -341,52 +416,53 @@ def encode(plan: RunPlan, train_data: TabularData, test_data: TabularData) -> En
     )
 
 
-def make_plan(config: TrainConfig, data: TabularData) -> tuple[RunPlan, TabularData, TabularData]:
-    """Split, fit the DP preprocessing, and fix the model and the DP-SGD mechanism."""
+def make_plan(
+    config: TrainConfig, data: TabularData, *, reserved: MechanismPlan | None = None
+) -> tuple[RunPlan, TabularData, TabularData]:
+    """Split, release the noisy counts, plan the mechanism (or take the ``reserved`` one), fit
+    the DP preprocessing, and fix the model and the DP-SGD mechanism."""
     rng = _numpy_rng(config.seed)
     split_seed = config.split_seed or (
         secrets.token_hex(16) if config.seed is None else f"seed-{config.seed}"
     )
     train_data, test_data = _split(data, split_seed, config.test_fraction)
-    sigma_pre = preprocessing_sigma(config, data)
-    pre, pre_events, n_train_noisy, n_test_noisy = fit_preprocessor(
+    sigma_pre = (
+        reserved.sigma_pre
+        if reserved is not None
+        else preprocessing_sigma(config, len(run_releases(data)))
+    )
+    counts = noisy_counts(train_data.n_rows, test_data.n_rows, sigma_pre, rng)
+    mechanism = reserved or plan_mechanism(config, data, n=counts[0])
+    pre, _, n_train_noisy, n_test_noisy = fit_preprocessor(
         train_data,
         n_test=test_data.n_rows,
         sigma=sigma_pre,
-        selection_delta=(config.delta or CALIBRATION_DELTA) / 10,
+        selection_delta=mechanism.selection_delta,
         rng=rng,
+        counts=counts,
     )
-    hp = choose_hyperparameters(config, n_noisy=n_train_noisy, image=pre.image_shape is not None)
+    if not set(pre.dp.releases) <= set(mechanism.releases):
+        raise ConfigError(
+            f"The preprocessing made releases that were not planned: {sorted(pre.dp.releases)} "
+            f"against {sorted(mechanism.releases)}."
+        )
+    hp = mechanism.hp
     arch = architecture_for(
         hp.model,
         n_features=pre.n_features,
         n_classes=len(pre.label.classes),
         image_shape=pre.image_shape,
     )
-    if config.delta is not None:
-        delta, delta_rule = config.delta, "given"
-    else:
-        delta, delta_rule = default_delta(n_train_noisy)
+    pre_events = [GaussianEvent(sigma_pre, len(pre.dp.releases) + 1)]
     dp = None
-    if not config.no_dp:
-        assert config.epsilon is not None
-        sample_rate = min(1.0, hp.batch_size / n_train_noisy)
-        steps = max(1, math.ceil(hp.epochs / sample_rate))
-        accounting_delta = delta - pre.dp.partition_selection_delta
-        sigma = calibrate_noise(
-            config.epsilon,
-            accounting_delta,
-            sample_rate,
-            steps,
-            fixed_events=pre_events,
-            accountant=config.accountant,
-        )
+    if mechanism.sample_rate is not None:
+        assert mechanism.steps is not None and mechanism.noise_multiplier is not None
         dp = DPPlan(
-            sample_rate=sample_rate,
-            steps=steps,
-            noise_multiplier=sigma,
-            expected_batch_size=sample_rate * n_train_noisy,
-            accounting_delta=accounting_delta,
+            sample_rate=mechanism.sample_rate,
+            steps=mechanism.steps,
+            noise_multiplier=mechanism.noise_multiplier,
+            expected_batch_size=mechanism.sample_rate * n_train_noisy,
+            accounting_delta=mechanism.accounting_delta,
         )
     plan = RunPlan(
         split_seed=split_seed,
@@ -397,8 +473,8 @@ def make_plan(config: TrainConfig, data: TabularData) -> tuple[RunPlan, TabularD
         n_test_noisy=n_test_noisy,
         hp=hp,
         arch=arch,
-        delta=None if config.no_dp else delta,
-        delta_rule=None if config.no_dp else delta_rule,
+        delta=None if config.no_dp else mechanism.delta,
+        delta_rule=None if config.no_dp else mechanism.delta_rule,
         dp=dp,
     )
     return plan, train_data, test_data
@@ -411,12 +487,15 @@ def train_loaded(
     progress: ProgressCallback | None,
     *,
     plan: RunPlan | None = None,
+    reserved: MechanismPlan | None = None,
     resume: TrainingState | None = None,
     on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainResult:
+    """Train on data in memory: under ``reserved`` (a ledger reservation's mechanism) when
+    given, or from ``plan`` (a checkpoint's) when resuming, else planning afresh."""
     data, screening = screen_for_training(config, data)
     if plan is None:
-        plan, train_data, test_data = make_plan(config, data)
+        plan, train_data, test_data = make_plan(config, data, reserved=reserved)
     else:
         train_data, test_data = _split(data, plan.split_seed, config.test_fraction)
     enc = encode(plan, train_data, test_data)
@@ -459,7 +538,7 @@ def train_loaded(
             resume=resume,
             on_checkpoint=(lambda state: on_checkpoint(plan, state)) if on_checkpoint else None,
         )
-        events = [*pre_events, PoissonGaussianEvent(dp.sample_rate, dp.noise_multiplier, dp.steps)]
+        events = run_events(plan)
         privacy = PrivacySection(
             mechanism="dp-sgd",
             epsilon=compute_epsilon(
@@ -484,9 +563,9 @@ def train_loaded(
 
 
 SCREENING_NOTE = (
-    "counts of flagged rows are computed on the raw data and are not covered by the DP "
-    "guarantee; with 'drop', which rows are removed can depend on other rows, and the guarantee "
-    "covers the screened table"
+    "the card records which checks ran, never their counts (those are computed on the raw data "
+    "and are not covered by the DP guarantee); with 'drop', which rows are removed can depend "
+    "on other rows, and the guarantee covers the screened table"
 )
 
 
@@ -494,7 +573,7 @@ def screen_for_training(
     config: TrainConfig, data: TabularData
 ) -> tuple[TabularData, dict[str, Any] | None]:
     """Screen the data before training (``config.screen``): ``drop`` removes flagged rows,
-    ``warn`` keeps them; both record the counts for the card."""
+    ``warn`` keeps them. Returns the exact summary (counts per check), for the data's holder."""
     if config.screen == "off":
         return data, None
     from securetrain.screening import screen
@@ -507,7 +586,6 @@ def screen_for_training(
         "flagged": len(flagged),
         "by_check": report.counts(),
         "dropped": len(flagged) if config.screen == "drop" else 0,
-        "note": SCREENING_NOTE,
     }
     if config.screen == "drop" and len(flagged):
         keep = np.setdiff1d(np.arange(data.n_rows), flagged)
@@ -517,6 +595,27 @@ def screen_for_training(
             )
         data = data.take(keep)
     return data, summary
+
+
+def screening_section(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the card says about screening: the mode and the checks, no count."""
+    if summary is None:
+        return None
+    return {"mode": summary["mode"], "checks": sorted(summary["by_check"]), "note": SCREENING_NOTE}
+
+
+def card_metrics(
+    config: TrainConfig, plan: RunPlan, probs: np.ndarray, y: np.ndarray
+) -> dict[str, Any]:
+    """The card's held-out metrics: DP (one accounted Gaussian release) for a DP run; exact
+    for a --no-dp baseline, which has no guarantee to keep."""
+    n_classes = len(plan.preprocessor.label.classes)
+    if plan.dp is None:
+        return {**exact_metrics(probs, y, n_classes), "note": NO_DP_METRICS_NOTE}
+    metrics: dict[str, Any] = dp_metrics(
+        probs, y, n_classes, sigma=plan.sigma_pre, rng=_numpy_rng(config.seed, stream=1)
+    )
+    return {**metrics, "note": METRICS_NOTE}
 
 
 def signing_section(signer: Signer | None) -> dict[str, str] | None:
@@ -543,8 +642,7 @@ def _finish(
     """Evaluate on the held-out split, write the card, and write (and sign) the bundle."""
     pre = plan.preprocessor
     signing = signing_section(keys.signer)
-    metrics = evaluate(model, enc.x_test, enc.y_test, len(pre.label.classes))
-    metrics["note"] = "computed on the held-out split; metrics are not covered by the DP guarantee"
+    probs = predict_proba(model, enc.x_test)
     card = ModelCard(
         model=ModelSection(
             architecture=plan.arch,
@@ -560,7 +658,7 @@ def _finish(
             counts=f"Gaussian-noised (noise multiplier {plan.sigma_pre:.4g}, sensitivity 1), rounded",
             identity=data.commit(config.out),
             sealed=data.sealed,
-            screening=screening,
+            screening=screening_section(screening),
             split={
                 "method": "hmac-sha256 per record",
                 "test_fraction": config.test_fraction,
@@ -569,7 +667,7 @@ def _finish(
         ),
         training=plan.hp.model_dump(),
         signing=signing,
-        metrics=metrics,
+        metrics=card_metrics(config, plan, probs, enc.y_test),
         software={
             "securetrain": version("securetrain"),
             "torch": torch.__version__,
@@ -577,4 +675,11 @@ def _finish(
         },
     )
     bundle = write_bundle(config.out, model.state_dict(), card, signer=keys.signer)
-    return TrainResult(card=card, model=model, preprocessor=pre, bundle=bundle)
+    return TrainResult(
+        card=card,
+        model=model,
+        preprocessor=pre,
+        bundle=bundle,
+        exact_metrics=exact_metrics(probs, enc.y_test, len(pre.label.classes)),
+        screening=screening,
+    )
