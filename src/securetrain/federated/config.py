@@ -94,10 +94,10 @@ class FederatedConfig(BaseModel):
         return float(match.group(1)) if match else None
 
     def validate_choices(self) -> None:
-        if not 2 <= self.sites <= MAX_SITES:
-            raise ConfigError(
-                f"Federated training needs between 2 and {MAX_SITES} sites. Found {self.sites}."
-            )
+        if self.sites < 2:
+            raise ConfigError(f"Federated training needs at least 2 sites. Found {self.sites}.")
+        if self.sites > MAX_SITES:
+            raise ConfigError(f"Federated training takes at most {MAX_SITES} sites. Found {self.sites}.")
         if not 1 <= self.rounds <= MAX_ROUNDS:
             raise ConfigError(f"Rounds must be between 1 and {MAX_ROUNDS}. Found {self.rounds}.")
         if self.local_epochs is not None and not 1 <= self.local_epochs <= MAX_LOCAL_EPOCHS:
