@@ -1,7 +1,7 @@
 """The dashboard in headless Chromium against `securetrain serve` (uvicorn and its worker
 process): an analyst logs in, sees only the dataset granted to them, submits a job, watches it
-finish, downloads the signed bundle and views an audit report with its plots; another owner's
-dataset stays out of reach."""
+finish and downloads the signed bundle, with no way to audit it; another owner's dataset stays
+out of reach. The dataset's owner then audits the model and views the report with its plots."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def _browser(downloads: Path) -> webdriver.Chrome:
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
-def test_analyst_submits_watches_and_downloads_in_the_browser(served, tmp_path: Path) -> None:
+def test_analyst_trains_and_downloads_and_the_owner_audits_in_the_browser(served, tmp_path: Path) -> None:
     world, base = served
     login = lambda name: _call(  # noqa: E731
         base, "POST", "/api/v1/auth/login", body={"name": name, "password": PASSWORD}
@@ -188,7 +188,16 @@ def test_analyst_submits_watches_and_downloads_in_the_browser(served, tmp_path: 
         wait.until(lambda d: _click(d, By.ID, f"download-{job_id}"))
         target = downloads / f"securetrain-{job_id}.zip"
         wait.until(lambda _d: target.exists() and target.stat().st_size > 0)
-        # An audit of the model: its report, with plots, shows in the dashboard.
+        # Audits are exact statistics over the training rows: the analyst cannot start one.
+        assert not driver.find_elements(By.ID, f"audit-{job_id}")
+        driver.find_element(By.ID, "logout-button").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "login-name")))
+        for field, text in (("login-name", "alice"), ("login-password", PASSWORD)):
+            driver.find_element(By.ID, field).clear()
+            driver.find_element(By.ID, field).send_keys(text)
+        driver.find_element(By.ID, "login-button").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "who"), "alice (owner)"))
+        # The owner audits the model: its report, with plots, shows in the dashboard.
         wait.until(lambda d: _click(d, By.ID, f"audit-{job_id}"))
         wait.until(lambda d: _click(d, By.XPATH, "//table//button[text()='Report']"))
         frame = wait.until(ec.visibility_of_element_located((By.ID, "result-report")))

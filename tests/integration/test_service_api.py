@@ -26,6 +26,7 @@ HEX = "0123456789abcdef0123456789abcdef"
 PUBLIC = {("POST", "/api/v1/auth/login"), ("GET", "/api/v1/health")}
 ANY = {"owner", "analyst", "auditor", "admin"}
 READERS = {"owner", "analyst", "auditor"}
+AUDITORS = {"owner", "auditor"}
 # Every route in the OpenAPI spec and the roles it admits; the test fails on a route not here.
 MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/auth/logout"): ANY,
@@ -44,17 +45,17 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/api/v1/datasets/{dataset_id}/grants"): {"owner"},
     ("DELETE", "/api/v1/datasets/{dataset_id}/grants/{analyst}"): {"owner"},
     ("GET", "/api/v1/jobs"): READERS,
-    ("POST", "/api/v1/jobs"): {"analyst"},
+    ("POST", "/api/v1/jobs"): READERS,
     ("GET", "/api/v1/jobs/{job_id}"): READERS,
     ("GET", "/api/v1/jobs/{job_id}/log"): READERS,
-    ("POST", "/api/v1/jobs/{job_id}/cancel"): {"owner", "analyst"},
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): READERS,
     ("POST", "/api/v1/jobs/{job_id}/approve"): {"owner"},
     ("POST", "/api/v1/jobs/{job_id}/reject"): {"owner"},
     ("GET", "/api/v1/jobs/{job_id}/card"): READERS,
     ("GET", "/api/v1/jobs/{job_id}/verify"): READERS,
     ("GET", "/api/v1/jobs/{job_id}/bundle"): {"owner", "analyst"},
-    ("GET", "/api/v1/jobs/{job_id}/audit"): READERS,
-    ("GET", "/api/v1/jobs/{job_id}/report"): READERS,
+    ("GET", "/api/v1/jobs/{job_id}/audit"): AUDITORS,
+    ("GET", "/api/v1/jobs/{job_id}/report"): AUDITORS,
     ("GET", "/api/v1/audit-log"): {"auditor", "admin"},
     ("GET", "/api/v1/audit-log/verify"): {"auditor", "admin"},
 }
@@ -68,6 +69,12 @@ BODIES = {
     "/api/v1/datasets/{dataset_id}/grants": {"analyst": "ana"},
     "/api/v1/jobs": {"dataset_id": HEX, "epsilon": 1},
 }
+# Owners and auditors submit audit jobs, not training jobs.
+AUDIT_BODY = {"dataset_id": HEX, "kind": "audit", "train_job": HEX}
+
+
+def body_for(path: str, role: str) -> dict | None:
+    return AUDIT_BODY if path == "/api/v1/jobs" and role in AUDITORS else BODIES.get(path)
 
 
 @pytest.fixture
@@ -101,16 +108,17 @@ def test_every_route_refuses_no_credentials_and_wrong_roles(service) -> None:
     assert routes - PUBLIC == set(MATRIX), "every route needs an entry in the role matrix"
     tokens = {role: login(client, user) for role, user in USER_OF_ROLE.items()}
     for (method, path), allowed in MATRIX.items():
-        body = BODIES.get(path)
-        r = client.request(method, _fill(path), json=body)
+        r = client.request(method, _fill(path), json=BODIES.get(path))
         assert r.status_code == 401, (method, path, r.status_code)
-        r = client.request(method, _fill(path), json=body, headers={"Authorization": "Bearer x"})
+        r = client.request(
+            method, _fill(path), json=BODIES.get(path), headers={"Authorization": "Bearer x"}
+        )
         assert r.status_code == 401, (method, path, r.status_code)
         for role in ANY - allowed:
-            r = client.request(method, _fill(path), json=body, headers=tokens[role])
+            r = client.request(method, _fill(path), json=body_for(path, role), headers=tokens[role])
             assert r.status_code == 403, (method, path, role, r.status_code, r.text)
         for role in allowed:
-            r = client.request(method, _fill(path), json=body, headers=tokens[role])
+            r = client.request(method, _fill(path), json=body_for(path, role), headers=tokens[role])
             assert r.status_code not in (401, 403, 500), (method, path, role, r.status_code, r.text)
             if path == "/api/v1/auth/logout":
                 tokens[role] = login(client, USER_OF_ROLE[role])

@@ -133,9 +133,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     LogReader = Annotated[User, Depends(role("admin", "auditor"))]
     AdminOnly = Annotated[User, Depends(role("admin"))]
     Owner = Annotated[User, Depends(role("owner"))]
-    Analyst = Annotated[User, Depends(role("analyst"))]
     Reader = Annotated[User, Depends(role("owner", "analyst", "auditor"))]
     Worker = Annotated[User, Depends(role("owner", "analyst"))]
+    AuditReader = Annotated[User, Depends(role(*jobs.AUDITORS))]
 
     @app.exception_handler(SecureTrainError)
     def _errors(_request: Request, exc: SecureTrainError) -> JSONResponse:
@@ -278,31 +278,31 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.get("/api/v1/jobs", tags=["jobs"])
     def job_list(user: Reader) -> list[dict]:
-        return [j.public() for j in jobs.listing(store, user)]
+        return [jobs.view(store, user, j) for j in jobs.listing(store, user)]
 
     @app.post("/api/v1/jobs", tags=["jobs"], status_code=201)
-    def submit(body: jobs.JobRequest, user: Analyst) -> dict:
-        return jobs.submit(store, settings, user, body).public()
+    def submit(body: jobs.JobRequest, user: Reader) -> dict:
+        return jobs.view(store, user, jobs.submit(store, settings, user, body))
 
     @app.get("/api/v1/jobs/{job_id}", tags=["jobs"])
     def job(job_id: JobId, user: Reader) -> dict:
-        return jobs.get(store, user, job_id).public()
+        return jobs.view(store, user, jobs.get(store, user, job_id))
 
     @app.get("/api/v1/jobs/{job_id}/log", tags=["jobs"])
     def job_log(job_id: JobId, user: Reader) -> dict[str, str]:
         return {"log": jobs.get(store, user, job_id).log}
 
     @app.post("/api/v1/jobs/{job_id}/cancel", tags=["jobs"])
-    def cancel(job_id: JobId, user: Worker) -> dict:
-        return jobs.cancel(store, user, job_id).public()
+    def cancel(job_id: JobId, user: Reader) -> dict:
+        return jobs.view(store, user, jobs.cancel(store, user, job_id))
 
     @app.post("/api/v1/jobs/{job_id}/approve", tags=["jobs"])
     def approve(job_id: JobId, user: Owner) -> dict:
-        return jobs.decide(store, user, job_id, approve=True).public()
+        return jobs.view(store, user, jobs.decide(store, user, job_id, approve=True))
 
     @app.post("/api/v1/jobs/{job_id}/reject", tags=["jobs"])
     def reject(job_id: JobId, user: Owner) -> dict:
-        return jobs.decide(store, user, job_id, approve=False).public()
+        return jobs.view(store, user, jobs.decide(store, user, job_id, approve=False))
 
     def _finished(job_id: str, user: User, kind: str) -> jobs.Job:
         job = jobs.get(store, user, job_id)
@@ -347,12 +347,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         )
 
     @app.get("/api/v1/jobs/{job_id}/audit", tags=["results"])
-    def audit_result(job_id: JobId, user: Reader) -> dict:
+    def audit_result(job_id: JobId, user: AuditReader) -> dict:
         job = _finished(job_id, user, "audit")
         return json.loads((jobs.result_dir(settings, job.id) / "audit" / "audit.json").read_text())
 
     @app.get("/api/v1/jobs/{job_id}/report", tags=["results"], response_class=HTMLResponse)
-    def audit_report(job_id: JobId, user: Reader) -> HTMLResponse:
+    def audit_report(job_id: JobId, user: AuditReader) -> HTMLResponse:
         job = _finished(job_id, user, "audit")
         html = (jobs.result_dir(settings, job.id) / "audit" / "audit.html").read_text()
         return HTMLResponse(

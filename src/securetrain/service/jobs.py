@@ -1,10 +1,15 @@
-"""Jobs: submitted by analysts, approved by owners (or automatically within budget), run by a
-worker process, never in a request handler.
+"""Jobs: training jobs submitted by analysts, approved by owners (or automatically within
+budget), run by a worker process, never in a request handler.
 
 A training job's ε is reserved in the ledger when it is submitted (from the sealed header
 alone, nothing decrypted). Rejecting or cancelling it before it runs releases the reservation;
-once the worker has decrypted the data, the charge stays. An audit job audits the bundle of a
-finished training job on the same dataset.
+once the worker has decrypted the data, the charge stays, whatever happens next.
+
+An audit job audits the bundle of a finished training job on the same dataset. Its results are
+exact statistics over the training rows (membership counts, ROC curves, retrained models), not
+DP releases: only the dataset's owner and auditors start audits and read them. For the same
+reason an analyst sees a failed job's reason only as a generic message; the error's text, which
+may describe the data, goes to the owner and auditors.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ from securetrain.store.audit import acting_as, append, now
 from securetrain.store.schema import jobs
 
 OPEN = ("awaiting_approval", "queued")
+AUDITORS = ("owner", "auditor")  # who may start audits and read their results
+UNDECRYPTED = ("reserved", "released")  # ledger states of a run that decrypted nothing
+FAILED_AFTER_DECRYPTION = (
+    "The job failed after the data was decrypted, and its charge stays; the dataset's owner "
+    "can see the reason."
+)
+FAILED_BEFORE_DECRYPTION = (
+    "The job failed before any data was decrypted; the dataset's owner can see the reason."
+)
 PROGRESS_EVERY = 1.0  # seconds between progress writes
 
 
@@ -71,20 +85,29 @@ class Job:
     created_at: str
     updated_at: str
 
-    def public(self) -> dict:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "dataset_id": self.dataset_id,
-            "submitter": self.submitter,
-            "state": self.state,
-            "params": self.params,
-            "epsilon": self.epsilon,
-            "progress": round(self.progress, 4),
-            "error": self.error,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
+
+def view(store: Store, user: User, job: Job) -> dict:
+    """The job as ``user`` may see it: analysts get a failure's reason only as a generic
+    message, since it may describe the decrypted data (a count of missing labels, say)."""
+    error = job.error
+    if error is not None and user.role == "analyst":
+        untouched = job.run_id is not None and (
+            ledger.get_run(store, job.run_id).state in UNDECRYPTED
+        )
+        error = FAILED_BEFORE_DECRYPTION if untouched else FAILED_AFTER_DECRYPTION
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "dataset_id": job.dataset_id,
+        "submitter": job.submitter,
+        "state": job.state,
+        "params": job.params,
+        "epsilon": job.epsilon,
+        "progress": round(job.progress, 4),
+        "error": error,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
 
 
 def _job(row) -> Job:  # type: ignore[no-untyped-def]
@@ -112,13 +135,16 @@ def _train_config(settings: ServiceSettings, ds: Dataset, job_id: str, req: JobR
 
 
 def get(store: Store, user: User, job_id: str) -> Job:
-    """A job the user may see: their own, or one on a dataset they own; auditors see all."""
+    """A job the user may see: an analyst's own training jobs, any job on a dataset an owner
+    owns; auditors see all."""
     with store.read() as conn:
         row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
     if row is None:
         raise NotVisible(job_id)
     job = _job(row)
-    if user.role == "auditor" or job.submitter == user.name:
+    if user.role == "auditor":
+        return job
+    if user.role == "analyst" and job.submitter == user.name and job.kind == "train":
         return job
     if user.role == "owner" and any(d.id == job.dataset_id for d in visible(store, user)):
         return job
@@ -128,7 +154,7 @@ def get(store: Store, user: User, job_id: str) -> Job:
 def listing(store: Store, user: User) -> list[Job]:
     query = select(jobs).order_by(jobs.c.created_at.desc()).limit(200)
     if user.role == "analyst":
-        query = query.where(jobs.c.submitter == user.name)
+        query = query.where(jobs.c.submitter == user.name, jobs.c.kind == "train")
     elif user.role == "owner":
         owned = [d.id for d in visible(store, user)]
         query = query.where(jobs.c.dataset_id.in_(owned))
@@ -139,10 +165,16 @@ def listing(store: Store, user: User) -> list[Job]:
 
 
 def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest) -> Job:
-    """Check access, reserve the ε (training) and queue the job, or hold it for approval."""
+    """Check access, reserve the ε (training) and queue the job, or hold it for approval.
+    Analysts submit training jobs; owners (on their datasets) and auditors submit audits, which
+    are queued at once."""
     from securetrain.train.sealed_run import reserve_sealed
     from securetrain.train.trainer import resolve_keys
 
+    if req.kind == "train" and user.role != "analyst":
+        raise Forbidden("training jobs (analysts submit them)")
+    if req.kind == "audit" and user.role not in AUDITORS:
+        raise Forbidden("audit jobs (a dataset's owner or an auditor submits them)")
     ds = get_visible(store, user, req.dataset_id)
     job_id = uuid.uuid4().hex
     run_id, epsilon, parent = None, 0.0, None
@@ -162,7 +194,7 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
                 f"Job {req.train_job} is not a succeeded training job on dataset {ds.id}."
             )
         parent = train.id
-    state = "awaiting_approval" if ds.require_approval else "queued"
+    state = "awaiting_approval" if ds.require_approval and req.kind == "train" else "queued"
     stamp = now()
     with store.transaction() as conn:
         conn.execute(
@@ -229,7 +261,7 @@ def cancel(store: Store, user: User, job_id: str) -> Job:
     """Its submitter or the dataset's owner cancels a job. Before it runs, its reservation is
     released; a running job stops at its next step, and what it spent stays spent."""
     job = get(store, user, job_id)
-    if user.role == "auditor":
+    if user.role == "auditor" and job.submitter != user.name:
         raise Forbidden(job_id)
     if _set_state(store, job, "cancelled", user.name, OPEN):
         _release(store, job, user.name)
@@ -302,7 +334,7 @@ def run(store: Store, settings: ServiceSettings, job: Job) -> None:
     result_dir(settings, job.id).mkdir(mode=0o700)
     config = _train_config(settings, ds, job.id, req)
     keys = resolve_keys(config)
-    state, error = "succeeded", None
+    state, error, failure = "succeeded", None, None
 
     def progress(info) -> None:  # type: ignore[no-untyped-def]
         recorder.flush(progress=info.step / max(1, info.steps))
@@ -329,16 +361,16 @@ def run(store: Store, settings: ServiceSettings, job: Job) -> None:
     except Cancelled:
         state = "cancelled"
     except SecureTrainError as exc:
-        state, error = "failed", str(exc)
+        state, error, failure = "failed", str(exc), type(exc).__name__
     except Exception as exc:  # a bug: keep the worker alive, record the job as failed
-        state, error = "failed", f"internal error: {type(exc).__name__}"
-        recorder.lines.append(traceback.format_exc(limit=5))
+        failure = type(exc).__name__
+        state, error = "failed", f"internal error: {failure}\n{traceback.format_exc(limit=5)}"
     values: dict = {"state": state, "error": error, "updated_at": now(), "log": recorder.text}
     if state == "succeeded":
         values["progress"] = 1.0
     with store.transaction() as conn:
         conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
-        append(store, conn, f"job.{state}", job.id, {"error": error}, actor=job.submitter)
+        append(store, conn, f"job.{state}", job.id, {"error": failure}, actor=job.submitter)
 
 
 def work(store: Store, settings: ServiceSettings, *, once: bool = False, idle: float = 1.0) -> int:
