@@ -206,7 +206,16 @@ def test_digits_with_cnn(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     card = json.loads((out / "model_card.json").read_text())
     assert card["model"]["architecture"]["name"] == "cnn"
-    assert card["metrics"]["test_accuracy"] > 0.7
+    from securetrain.bundle import read_card
+    from securetrain.data import load_builtin
+    from securetrain.train.predict import load_model, predict_probabilities
+
+    data = load_builtin("builtin:digits")
+    _, model = load_model(out)
+    probs = predict_probabilities(read_card(out), model, data.to_table())
+    classes = read_card(out).model.preprocessing.label.classes
+    predicted = [classes[i] for i in probs.argmax(1)]
+    assert (predicted == data.labels).mean() > 0.7
 
 
 def test_predict_bad_input(breast_cancer_bundle: Path, keys: Path, tmp_path: Path) -> None:
