@@ -25,6 +25,17 @@ def test_dp_bounds_cover_the_bulk_and_clip_a_lone_outlier() -> None:
     assert lo >= 2 and hi <= 128  # power-of-two bins, the outlier excluded
 
 
+def test_dp_bounds_rarely_keep_an_empty_bin_far_from_the_data() -> None:
+    """A noisy empty bin kept as a bound stretches the scale by orders of magnitude; the
+    threshold keeps that to 1% per column (seeded draws, so the count is fixed)."""
+    x = np.random.default_rng(0).uniform(17, 31, 5000)
+    stretched = sum(
+        dp_bounds({"x": x}, sigma=50.0, rng=np.random.default_rng(seed))["x"] != (16.0, 32.0)
+        for seed in range(300)
+    )
+    assert stretched <= 10  # 1% of 300 is 3; a three-standard-deviation threshold gives ~36
+
+
 def test_dp_bounds_handle_negative_and_zero_values() -> None:
     rng = np.random.default_rng(1)
     x = np.r_[rng.uniform(-50, -1, 3000), np.zeros(3000)]

@@ -38,7 +38,7 @@ from securetrain.privacy.events import GaussianEvent
 Source = Literal["declared", "dp"]
 MOMENTS_MAX_STANDARD_ERROR = 0.05
 _BIN_EXPONENTS = np.arange(-8, 41)  # positive bins (2^(k-1), 2^k]; the first is (0, 2^-8]
-_HIST_THRESHOLD_SDS = 3.0
+_HIST_FALSE_BIN_RATE = 0.01  # chance, per column, that noise alone keeps an empty bin
 
 
 LOG_OFFSET_FRACTION = 0.01
@@ -171,10 +171,12 @@ def dp_bounds(
     columns: dict[str, np.ndarray], sigma: float, rng: np.random.Generator
 ) -> dict[str, tuple[float, float]]:
     """Clipping bounds from a noisy histogram: the outer edges of the bins whose noisy count is
-    more than three noise standard deviations. Sensitivity sqrt(#columns), normalised to 1."""
+    above a threshold that noise alone crosses in any of a column's empty bins with probability
+    1% (a far-off empty bin kept would stretch the bounds by orders of magnitude). Sensitivity
+    sqrt(#columns), normalised to 1."""
     std = sigma * math.sqrt(len(columns))
-    threshold = _HIST_THRESHOLD_SDS * std
     n_bins = 2 * len(_BIN_EXPONENTS) + 1
+    threshold = float(norm.isf(_HIST_FALSE_BIN_RATE / n_bins)) * std
     out = {}
     for name, x in columns.items():
         finite = x[~np.isnan(x)]
