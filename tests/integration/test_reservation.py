@@ -75,6 +75,19 @@ def test_reserved_events_compose_to_at_least_the_actual_ones(
     assert compute_epsilon(actual, delta=reserved.accounting_delta) <= epsilon * (1 + 1e-9)
 
 
+def _reserve(store: Store, events: list) -> str:  # type: ignore[type-arg]
+    return ledger.reserve(
+        store,
+        dataset_id="d1",
+        manifest_digest="m",
+        name="d1",
+        events=events,
+        epsilon=1.0,
+        delta_partition_selection=0.0,
+        parameters={},
+    )
+
+
 def test_completing_with_more_than_was_reserved_is_refused_and_the_charge_kept(
     tmp_path: Path, store_url: str
 ) -> None:
@@ -83,16 +96,7 @@ def test_completing_with_more_than_was_reserved_is_refused_and_the_charge_kept(
         store, dataset_id="d1", manifest_digest="m", name="d1", epsilon=100.0, delta=1e-5
     )
     reserved = [PoissonGaussianEvent(0.1, 1.0, 100)]
-    run_id = ledger.reserve(
-        store,
-        dataset_id="d1",
-        manifest_digest="m",
-        name="d1",
-        events=reserved,
-        epsilon=1.0,
-        delta_partition_selection=0.0,
-        parameters={},
-    )
+    run_id = _reserve(store, reserved)
     bigger = [PoissonGaussianEvent(0.1, 1.0, 400)]
     with pytest.raises(BudgetExceeded, match="spent more than it reserved"):
         ledger.transition(
@@ -102,16 +106,7 @@ def test_completing_with_more_than_was_reserved_is_refused_and_the_charge_kept(
     (charge,) = status.runs
     assert charge.state == "failed" and charge.basis == "planned" and charge.events == reserved
     smaller = [PoissonGaussianEvent(0.1, 1.2, 100)]
-    run2 = ledger.reserve(
-        store,
-        dataset_id="d1",
-        manifest_digest="m",
-        name="d1",
-        events=reserved,
-        epsilon=1.0,
-        delta_partition_selection=0.0,
-        parameters={},
-    )
+    run2 = _reserve(store, reserved)
     ledger.transition(
         store, run2, "completed", events=smaller, epsilon=0.8, delta_partition_selection=0.0
     )
