@@ -22,17 +22,13 @@ from securetrain.data.preprocess import Preprocessor, declared_preprocessor
 from securetrain.errors import ConfigError, SecureTrainError
 from securetrain.federated.card import federated_card
 from securetrain.federated.config import FederatedConfig
-from securetrain.federated.sites import COUNT_SHARE, Site, partition, plan_site
+from securetrain.federated.sites import Site, partition, plan_site, site_plan
 from securetrain.outputs import check_new_dir
 from securetrain.privacy import (
     DPSGDPlan,
-    GaussianEvent,
-    calibrate_gaussian,
     compute_epsilon,
     dominates,
     events_to_json,
-    plan_deltas,
-    plan_dp_sgd,
 )
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import Header, check_key, is_sealed
@@ -67,21 +63,6 @@ class DatasetCharge:
     deltas: tuple[float, ...]
 
 
-def site_plan(config: FederatedConfig, n: float) -> DPSGDPlan:
-    """What a site of about ``n`` rows runs: its noisy row count (``COUNT_SHARE`` of ε), then
-    DP-SGD over all rounds, both within ε at δ (the planner)."""
-    count = GaussianEvent(calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta), 1)
-    return plan_dp_sgd(
-        epsilon=config.epsilon,
-        n=n,
-        epochs=config.epochs_per_round,
-        deltas=plan_deltas(n=n, delta=config.delta, selection=False),
-        batch_size=config.batch_size,
-        rounds=config.rounds,
-        fixed_events=[count],
-    )
-
-
 def _reserve_dataset(
     config: FederatedConfig, train_config: TrainConfig, keys: ResolvedKeys, store: Store
 ) -> tuple[Header, DatasetCharge]:
@@ -98,7 +79,11 @@ def _reserve_dataset(
     header = verified_header(train_config, keys)
     assert keys.provider is not None
     check_key(path, keys.provider)  # a wrong key fails here, before any reservation
-    plan = site_plan(config, max(1.0, header.rows * (1 - TEST_FRACTION) / config.sites))
+    plan = site_plan(
+        config,
+        max(1.0, header.rows * (1 - TEST_FRACTION) / config.sites),
+        batch_size=config.batch_size,
+    )
     run_id = ledger.reserve(
         store,
         dataset_id=header.dataset_id,

@@ -12,6 +12,7 @@ from torch import nn
 from securetrain.errors import DataError
 from securetrain.federated.config import FederatedConfig
 from securetrain.privacy import (
+    DPSGDPlan,
     GaussianEvent,
     calibrate_gaussian,
     plan_deltas,
@@ -73,6 +74,25 @@ class Site:
         }
 
 
+def count_event(config: FederatedConfig) -> GaussianEvent:
+    """A site's noisy row count: the Gaussian release spending ``COUNT_SHARE`` of its ε."""
+    return GaussianEvent(calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta), 1)
+
+
+def site_plan(config: FederatedConfig, n: float, *, batch_size: int | None) -> DPSGDPlan:
+    """What a site of about ``n`` rows runs: its noisy row count, then DP-SGD over all
+    rounds, both within ε at δ (the planner)."""
+    return plan_dp_sgd(
+        epsilon=config.epsilon,
+        n=n,
+        epochs=config.epochs_per_round,
+        deltas=plan_deltas(n=n, delta=config.delta, selection=False),
+        batch_size=batch_size,
+        rounds=config.rounds,
+        fixed_events=[count_event(config)],
+    )
+
+
 def plan_site(
     index: int,
     x_train: np.ndarray,
@@ -94,19 +114,10 @@ def plan_site(
             f"Site {index} has {len(y_train)} training rows; each needs at least {MIN_SITE_ROWS} "
             "(use fewer sites, or a larger Dirichlet alpha)."
         )
-    sigma_count = calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta)
     if n_noisy is None:
+        sigma_count = count_event(config).noise_multiplier
         n_noisy = max(1.0, len(y_train) + float(rng.normal(0, sigma_count)))
-    count_event = GaussianEvent(sigma_count, 1)
-    plan = plan_dp_sgd(
-        epsilon=config.epsilon,
-        n=n_noisy,
-        epochs=config.epochs_per_round,
-        deltas=plan_deltas(n=n_noisy, delta=config.delta, selection=False),
-        batch_size=batch_size,
-        rounds=config.rounds,
-        fixed_events=[count_event],
-    )
+    plan = site_plan(config, n_noisy, batch_size=batch_size)
     return Site(
         index=index,
         x_train=x_train,
