@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from securetrain import TrainConfig, train
 from securetrain.crypto import generate_keyset, provider_for_keydir
 from securetrain.data import Schema, from_table
-from securetrain.errors import BudgetExceeded, DataError
+from securetrain.errors import BudgetExceeded, ConfigError, DataError, SecurityError
 from securetrain.privacy import PoissonGaussianEvent, compute_epsilon, dominates
 from securetrain.sealed import seal_table, verify_sealed
 from securetrain.store import Store, ledger
+from securetrain.train.run import resolve_keys
+from securetrain.train.sealed_run import reserve_sealed, train_reserved
 from securetrain.train.trainer import apply_classes, make_plan, plan_mechanism, run_events
 
 
@@ -144,4 +146,67 @@ def test_a_parse_error_after_decryption_keeps_the_charge(tmp_path: Path) -> None
     header = verify_sealed(sealed, paths.public_key)
     (charge,) = ledger.status(Store(store_url), header.dataset_id).runs
     assert charge.state == "failed" and charge.epsilon == 1.0
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_released_or_completed_run_cannot_be_released_again(store_url: str) -> None:
+    """Releasing deletes a charge, so only a reserved run may be released; a completed run is
+    final (otherwise a failure path replayed on a finished run would refund its ε)."""
+    store = Store(store_url)
+    ledger.set_budget(
+        store, dataset_id="d1", manifest_digest="m", name="d1", epsilon=100.0, delta=1e-5
+    )
+    events = [PoissonGaussianEvent(0.1, 1.0, 100)]
+    done = _reserve(store, events)
+    ledger.transition(store, done, "running")
+    ledger.transition(
+        store, done, "completed", events=events, epsilon=1.0, delta_partition_selection=0.0
+    )
+    failed = _reserve(store, events)
+    ledger.transition(store, failed, "failed")
+    for run_id, state in ((done, "released"), (done, "failed"), (failed, "released")):
+        with pytest.raises(ConfigError, match="cannot become"):
+            ledger.transition(store, run_id, state)
+    assert {c.run_id: c.state for c in ledger.status(store, "d1").runs} == {
+        done: "completed",
+        failed: "failed",
+    }
+
+
+def test_a_sealed_file_that_no_longer_verifies_releases_its_reservation(tmp_path: Path) -> None:
+    """Between reservation and training the file is replaced by one that fails verification:
+    nothing was decrypted, so the reservation is released (it used to stay reserved forever),
+    and the same run id cannot be trained again."""
+    keys_dir = tmp_path / "keys"
+    paths = generate_keyset(keys_dir)
+    sealed = tmp_path / "d.sealed"
+    seal_table(
+        _table(300, 2),
+        sealed,
+        keys=provider_for_keydir(keys_dir, None),
+        signing_key=paths.signing_key,
+        label="y",
+    )
+    config = TrainConfig(
+        data=str(sealed),
+        out=tmp_path / "b",
+        epsilon=1.0,
+        key_dir=keys_dir,
+        store=f"sqlite:///{tmp_path / 'store.db'}",
+        classes=["no", "yes"],
+    )
+    keys = resolve_keys(config)
+    header = verify_sealed(sealed, paths.public_key)
+    run_id = reserve_sealed(config, keys)
+    chunk = max((p for p in sealed.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    blob = bytearray(chunk.read_bytes())
+    blob[-1] ^= 1
+    chunk.write_bytes(bytes(blob))
+    with pytest.raises(SecurityError):
+        train_reserved(config, keys, run_id, None)
+    store = Store(config.store)
+    assert ledger.get_run(store, run_id).state == "released"
+    assert ledger.status(store, header.dataset_id).runs == []
+    with pytest.raises(ConfigError, match="only a reserved run"):
+        train_reserved(config, keys, run_id, None)
     assert not (tmp_path / "b").exists()

@@ -288,8 +288,8 @@ def transition(
     delta_partition_selection: float | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Move a run to ``state``. ``released`` drops its charge (allowed only before any data was
-    decrypted); ``completed`` replaces the reserved events with those that ran, but only if the
+    """Move a run to ``state``. ``released`` drops its charge (allowed only from ``reserved``,
+    before any data was decrypted); a ``completed`` run never changes again; ``completed`` replaces the reserved events with those that ran, but only if the
     reservation dominates them (at the dataset's δ): a run that spent more than it reserved
     keeps its reservation, is marked failed, and :class:`BudgetExceeded` is raised."""
     if state not in STATES:
@@ -300,6 +300,11 @@ def transition(
         if row is None:
             raise DataError(f"No run {run_id!r} in the store.")
         store.lock_dataset(conn, row.dataset_id)
+        if row.state == "completed" or (state == "released" and row.state != "reserved"):
+            raise ConfigError(
+                f"Run {run_id} is {row.state}; it cannot become {state} "
+                "(only a reserved run can be released, and a completed run is final)."
+            )
         if state == "completed" and events is not None:
             overrun = _overrun(conn, row.dataset_id, run_id, events, delta_partition_selection)
             if overrun is not None:

@@ -176,10 +176,12 @@ def train_reserved(
     config: TrainConfig, keys: ResolvedKeys, run_id: str, progress: ProgressCallback | None
 ) -> TrainResult:
     """Train under an existing reservation: decrypt in memory, train with exactly the reserved
-    mechanism, record what ran. A run stopped before decryption releases its reservation; once
-    decryption has begun (even if the table then fails to parse), the charge stays."""
+    mechanism, record what ran. A run stopped before decryption (a sealed file that no longer
+    verifies, say) releases its reservation; once decryption has begun (even if the table then fails to parse), the charge stays."""
     store = Store(config.store)
-    header = reserved_header(config, keys, store, run_id)
+    run = ledger.get_run(store, run_id)
+    if run.state != "reserved":
+        raise ConfigError(f"Run {run_id} is {run.state}; only a reserved run can start training.")
     mechanism = reserved_mechanism(store, run_id)
     decrypting = False
 
@@ -188,6 +190,7 @@ def train_reserved(
         decrypting = True
 
     try:
+        header = reserved_header(config, keys, store, run_id)
         data = open_verified(config, keys, header, on_decrypt=started)
         ledger.transition(store, run_id, "running")
         result = train_loaded(
