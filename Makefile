@@ -5,18 +5,33 @@ PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint lock clean
 
-$(BASE): pyproject.toml
+# Installs are hash-checked against requirements/*.lock (regenerate with `make lock`); torch is
+# pinned by exact version and taken from the CPU wheel on local disk.
+$(BASE): pyproject.toml requirements/runtime.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet --no-deps torch==2.13.0
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/runtime.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
 	touch $(BASE)
 
-$(DEV): $(BASE)
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(DEV): $(BASE) requirements/dev.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.lock
+	$(PY) -m pip check
 	touch $(DEV)
+
+# Resolve the ranges in pyproject.toml afresh in a scratch environment and pin what was chosen.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip uv
+	.lock-venv/bin/pip install --quiet torch==2.13.0
+	.lock-venv/bin/pip install --quiet -e '.[dev]'
+	PATH="$(CURDIR)/.lock-venv/bin:$$PATH" .lock-venv/bin/python scripts/lock.py
+	rm -rf .lock-venv
 
 demo: $(BASE)
 	$(VENV)/bin/securetrain demo --workdir demo-output
@@ -26,7 +41,7 @@ test: $(DEV)
 	$(PY) -m pytest -q || test $$? -eq 5
 
 lint: $(DEV)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) .lock-venv demo-output .pytest_cache
