@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,10 @@ def breast_cancer_bundle(tmp_path_factory, keys: Path) -> Path:
         str(keys),
     )
     assert result.returncode == 0, result.stderr
-    assert "ε = " in result.stdout and "test AUC" in result.stdout
+    assert "ε = " in result.stdout
+    exact = re.search(r"held-out, exact \(not on the card\): accuracy ([0-9.]+), AUC ([0-9.]+)", result.stdout)
+    assert exact and float(exact[2]) > 0.9, result.stdout
+    assert "on the card, DP-noised: accuracy" in result.stdout
     return out
 
 

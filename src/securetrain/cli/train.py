@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -33,6 +33,15 @@ def _announce_run(run_id: str) -> None:
     )
 
 
+def _metrics_line(m: dict[str, Any] | None) -> str:
+    if m is None:
+        return "not computed"
+    acc, auc = m.get("test_accuracy"), m.get("test_auc")
+    if acc is None:
+        return "no test rows"
+    return f"accuracy {acc:.4f}" + (f", AUC {auc:.4f}" if auc is not None else "")
+
+
 def print_summary(result: TrainResult) -> None:
     card = result.card
     p = card.privacy
@@ -43,10 +52,9 @@ def print_summary(result: TrainResult) -> None:
         )
     else:
         console.print(f"[bold red]{NO_DP_WARNING}[/bold red]")
-    m = card.metrics
-    auc = f", test AUC {m['test_auc']:.4f}" if m.get("test_auc") is not None else ""
-    acc = m.get("test_accuracy")
-    console.print(f"test accuracy {acc:.4f}{auc}" if acc is not None else "no test rows")
+    console.print(f"held-out, exact (not on the card): {_metrics_line(result.exact_metrics)}")
+    if p.mechanism == "dp-sgd":
+        console.print(f"on the card, DP-noised: {_metrics_line(card.metrics)}")
     signed = f", signed by {card.signing['signer']}" if card.signing else ", unsigned"
     console.print(f"bundle: {escape(str(result.bundle))}{signed}")
 
