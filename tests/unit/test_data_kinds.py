@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securetrain.crypto.keystream import make_keystream
 from securetrain.data import Schema, from_table, load_table, planned_releases, split_mask
 from securetrain.data.preprocess import fit_preprocessor
 from securetrain.data.values import numbers, texts
@@ -41,7 +42,7 @@ def _read(table: pa.Table, schema: Schema = SCHEMA):
 
 def _fit(data, seed: int = 0, sigma: float = 5.0):
     pre, events, *_ = fit_preprocessor(
-        data, n_test=0, sigma=sigma, selection_delta=1e-6, rng=np.random.default_rng(seed)
+        data, n_test=0, sigma=sigma, selection_delta=1e-6, rng=make_keystream(seed)
     )
     return pre, events
 

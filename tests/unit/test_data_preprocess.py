@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securetrain.crypto.keystream import make_keystream
 from securetrain.data import Schema, from_table, split_mask
 from securetrain.data.preprocess import dp_bounds, dp_select, fit_preprocessor
 from securetrain.errors import DataError
@@ -20,7 +21,7 @@ def _data(table: pa.Table, label: str = "y", schema: Schema | None = None):
 def test_dp_bounds_cover_the_bulk_and_clip_a_lone_outlier() -> None:
     rng = np.random.default_rng(0)
     x = np.r_[rng.uniform(3, 100, 5000), 1e9]
-    lo, hi = dp_bounds({"x": x}, sigma=5.0, rng=rng)["x"]
+    lo, hi = dp_bounds({"x": x}, sigma=5.0, rng=make_keystream(0))["x"]
     assert lo <= 3 and hi >= 100  # the bulk is inside
     assert lo >= 2 and hi <= 128  # power-of-two bins, the outlier excluded
 
@@ -30,7 +31,7 @@ def test_dp_bounds_rarely_keep_an_empty_bin_far_from_the_data() -> None:
     threshold keeps that to 1% per column (seeded draws, so the count is fixed)."""
     x = np.random.default_rng(0).uniform(17, 31, 5000)
     stretched = sum(
-        dp_bounds({"x": x}, sigma=50.0, rng=np.random.default_rng(seed))["x"] != (16.0, 32.0)
+        dp_bounds({"x": x}, sigma=50.0, rng=make_keystream(seed))["x"] != (16.0, 32.0)
         for seed in range(300)
     )
     assert stretched <= 10  # 1% of 300 is 3; a three-standard-deviation threshold gives ~36
@@ -39,16 +40,17 @@ def test_dp_bounds_rarely_keep_an_empty_bin_far_from_the_data() -> None:
 def test_dp_bounds_handle_negative_and_zero_values() -> None:
     rng = np.random.default_rng(1)
     x = np.r_[rng.uniform(-50, -1, 3000), np.zeros(3000)]
-    lo, hi = dp_bounds({"x": x}, sigma=5.0, rng=rng)["x"]
+    lo, hi = dp_bounds({"x": x}, sigma=5.0, rng=make_keystream(0))["x"]
     assert -64 <= lo <= -50 and hi == 0.0
 
 
 @settings(max_examples=50, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), common=st.integers(800, 3000))
 def test_partition_selection_never_releases_a_rare_value(seed: int, common: int) -> None:
-    rng = np.random.default_rng(seed)
     values = ["a"] * common + ["b"] * common + ["rare-one"] + ["rare-two"] * 3
-    selected, threshold = dp_select({"c": values}, sigma=40.0, delta=1e-6, rng=rng)
+    selected, threshold = dp_select(
+        {"c": values}, sigma=40.0, delta=1e-6, rng=make_keystream(seed)
+    )
     assert "rare-one" not in selected["c"] and "rare-two" not in selected["c"]
     assert threshold > 40 * 4  # at least four noise standard deviations above one row
     if common > threshold + 6 * 40:
@@ -63,7 +65,7 @@ def test_declared_schema_spends_only_the_count_release_on_small_data() -> None:
         n_test=100,
         sigma=50.0,
         selection_delta=1e-6,
-        rng=np.random.default_rng(0),
+        rng=make_keystream(0),
     )
     assert pre.dp.releases == ["counts"] and events[0].count == 1
     assert pre.dp.moments_skipped_reason is not None
@@ -84,7 +86,7 @@ def test_log_transform_known_answer() -> None:
         n_test=0,
         sigma=50.0,
         selection_delta=1e-6,
-        rng=np.random.default_rng(0),
+        rng=make_keystream(0),
     )
     lo, hi = np.log(1.0), np.log(101.0)  # log(x + 1% of the range)
     z = pre.transform(pa.table({"x": [0.0, 9.0, 100.0]}))[:, 0]
@@ -98,7 +100,11 @@ def test_dp_moments_standardise_large_data() -> None:
     table = pa.table({"x": rng.normal(30, 4, n), "y": rng.choice(["p", "q"], n)})
     schema = Schema(bounds={"x": (0.0, 60.0)}, classes=["p", "q"])
     pre, events, *_ = fit_preprocessor(
-        _data(table, schema=schema), n_test=0, sigma=20.0, selection_delta=1e-6, rng=rng
+        _data(table, schema=schema),
+        n_test=0,
+        sigma=20.0,
+        selection_delta=1e-6,
+        rng=make_keystream(2),
     )
     col = pre.columns[0]
     assert pre.dp.releases == ["counts", "moments"] and events[0].count == 2
@@ -111,7 +117,7 @@ def test_one_hot_for_selected_categories_and_zeros_for_others() -> None:
     n = 6000
     table = pa.table({"c": (["u", "v", "w"] * (n // 3)), "y": ["p", "q"] * (n // 2)})
     pre, *_ = fit_preprocessor(
-        _data(table), n_test=0, sigma=20.0, selection_delta=1e-6, rng=np.random.default_rng(3)
+        _data(table), n_test=0, sigma=20.0, selection_delta=1e-6, rng=make_keystream(3)
     )
     col = pre.columns[0]
     assert col.categories == ["u", "v", "w"] and col.categories_source == "dp"
@@ -124,7 +130,7 @@ def test_too_few_rows_for_dp_classes_asks_for_a_declaration() -> None:
     table = pa.table({"x": np.arange(40.0), "y": ["p", "q"] * 20})
     with pytest.raises(DataError, match=r"declare them with --classes A,B or in a schema file"):
         fit_preprocessor(
-            _data(table), n_test=0, sigma=50.0, selection_delta=1e-6, rng=np.random.default_rng(0)
+            _data(table), n_test=0, sigma=50.0, selection_delta=1e-6, rng=make_keystream(0)
         )
 
 

@@ -17,7 +17,9 @@ same transform. No raw statistic of the private data is ever released:
   the release is skipped and the declared or DP bounds define the scale instead.
 
 Every release is a Gaussian mechanism with sensitivity normalised to 1 and one shared noise
-multiplier; they appear in the model card's ``privacy.events`` and compose with DP-SGD.
+multiplier; they appear in the model card's ``privacy.events`` and compose with DP-SGD. The noise
+is drawn from the AES-256-CTR keystream (:mod:`securetrain.crypto.keystream`), keyed from OS
+entropy unless a seed is given; any other generator is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 from scipy.stats import norm
 
+from securetrain.crypto.keystream import Keystream, check_keystream
 from securetrain.data.dataset import TabularData
 from securetrain.data.values import numbers, text, texts
 from securetrain.errors import DataError
@@ -168,7 +171,7 @@ def _bin_edges(i: int) -> tuple[float, float]:
 
 
 def dp_bounds(
-    columns: dict[str, np.ndarray], sigma: float, rng: np.random.Generator
+    columns: dict[str, np.ndarray], sigma: float, rng: Keystream
 ) -> dict[str, tuple[float, float]]:
     """Clipping bounds from a noisy histogram: the outer edges of the bins whose noisy count is
     above a threshold that noise alone crosses in any of a column's empty bins with probability
@@ -181,7 +184,7 @@ def dp_bounds(
     for name, x in columns.items():
         finite = x[~np.isnan(x)]
         counts = np.bincount(_bin_index(finite), minlength=n_bins).astype(float)
-        noisy = counts + rng.normal(0.0, std, n_bins)
+        noisy = counts + rng.gaussian(std, n_bins)
         kept = np.flatnonzero(noisy > threshold)
         if kept.size == 0:
             kept = np.array([int(np.argmax(noisy))])
@@ -193,7 +196,7 @@ def dp_bounds(
 
 
 def dp_select(
-    columns: dict[str, list[str | None]], sigma: float, delta: float, rng: np.random.Generator
+    columns: dict[str, list[str | None]], sigma: float, delta: float, rng: Keystream
 ) -> tuple[dict[str, list[str]], float]:
     """DP partition selection: keep values whose noisy count clears a threshold.
 
@@ -209,28 +212,28 @@ def dp_select(
         uniq, counts = np.unique(
             np.array([v for v in values if v is not None], dtype=object), return_counts=True
         )
-        noisy = counts + rng.normal(0.0, std, len(counts))
+        noisy = counts + rng.gaussian(std, len(counts))
         out[name] = sorted(str(v) for v, c in zip(uniq, noisy, strict=True) if c > threshold)
     return out, threshold
 
 
 def dp_moments(
-    z: np.ndarray, n_noisy: float, sigma: float, rng: np.random.Generator
+    z: np.ndarray, n_noisy: float, sigma: float, rng: Keystream
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noisy mean and standard deviation of values in [-1, 1] (rows x columns).
 
     The vector (sum z_j, sum z_j^2) has L2 sensitivity sqrt(2 * #columns)."""
     d = z.shape[1]
     std = sigma * math.sqrt(2 * d)
-    s1 = np.nansum(z, axis=0) + rng.normal(0.0, std, d)
-    s2 = np.nansum(z * z, axis=0) + rng.normal(0.0, std, d)
+    s1 = np.nansum(z, axis=0) + rng.gaussian(std, d)
+    s2 = np.nansum(z * z, axis=0) + rng.gaussian(std, d)
     mean = np.clip(s1 / n_noisy, -1.0, 1.0)
     var = np.clip(s2 / n_noisy - mean**2, 0.05**2, 1.0)
     return mean, np.sqrt(var)
 
 
 def dp_kinds(
-    non_numbers: dict[str, int], n_noisy: float, sigma: float, rng: np.random.Generator
+    non_numbers: dict[str, int], n_noisy: float, sigma: float, rng: Keystream
 ) -> dict[str, str]:
     """Kinds of undeclared columns: ``numeric`` when the noisy count of a column's values that
     are not numbers is below half the noisy row count, else ``categorical``.
@@ -239,9 +242,7 @@ def dp_kinds(
     that value alone), so the count vector has L2 sensitivity sqrt(#columns), normalised to 1.
     """
     std = sigma * math.sqrt(len(non_numbers))
-    noisy = np.array(list(non_numbers.values()), dtype=float) + rng.normal(
-        0.0, std, len(non_numbers)
-    )
+    noisy = np.array(list(non_numbers.values()), dtype=float) + rng.gaussian(std, len(non_numbers))
     return {
         name: "numeric" if count < n_noisy / 2 else "categorical"
         for name, count in zip(non_numbers, noisy, strict=True)
@@ -265,10 +266,10 @@ def planned_releases(data: TabularData) -> list[str]:
 
 
 def noisy_counts(
-    n_train: int, n_test: int, sigma: float, rng: np.random.Generator
+    n_train: int, n_test: int, sigma: float, rng: Keystream
 ) -> tuple[float, float]:
     """The train and test row counts, Gaussian-noised (one release: a record is in one split)."""
-    noisy = np.array([n_train, n_test], dtype=float) + rng.normal(0, sigma, 2)
+    noisy = np.array([n_train, n_test], dtype=float) + check_keystream(rng).gaussian(sigma, 2)
     return max(float(noisy[0]), 1.0), max(float(noisy[1]), 0.0)
 
 
@@ -278,7 +279,7 @@ def fit_preprocessor(
     n_test: int,
     sigma: float,
     selection_delta: float,
-    rng: np.random.Generator,
+    rng: Keystream,
     counts: tuple[float, float] | None = None,
 ) -> tuple[Preprocessor, list[GaussianEvent], float, float]:
     """Fit the transform on the training split with DP where nothing is declared.
@@ -287,6 +288,7 @@ def fit_preprocessor(
     with :func:`noisy_counts` (to choose δ from them); they stay one of this fit's releases.
     Returns the preprocessor, the Gaussian events spent, and the noisy train and test counts.
     """
+    check_keystream(rng)
     if train.n_rows == 0:
         raise DataError("The training split is empty.")
     schema = train.schema

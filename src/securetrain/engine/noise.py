@@ -10,79 +10,35 @@ Box-Muller transform in float64 and are cast to the requested dtype at the end.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from securetrain.crypto.keystream import KEY_BYTES, Keystream, rng_description, seed_key
 from securetrain.errors import ConfigError
 
-KEY_BYTES = 32
-_BLOCK_BYTES = 16
-_SEED_CONTEXT = b"securetrain.engine.rng/v1:"
-_STATE_MAGIC = b"AES256CTR/v1"
-_WORD = np.dtype("<u8")
-_zero_bytes = bytes(0)
+__all__ = [
+    "KEY_BYTES",
+    "KeystreamGenerator",
+    "check_generator",
+    "gaussian_noise",
+    "make_generator",
+    "rng_description",
+    "seed_key",
+]
 
 
-def _zeros(nbytes: int) -> memoryview:
-    """A read-only run of ``nbytes`` zero bytes (the plaintext whose encryption is the stream)."""
-    global _zero_bytes
-    if len(_zero_bytes) < nbytes:
-        _zero_bytes = bytes(nbytes)
-    return memoryview(_zero_bytes)[:nbytes]
-
-
-def seed_key(seed: int) -> bytes:
-    """The AES-256 key of a seeded generator: SHA-256 of a context string and the seed."""
-    return hashlib.sha256(_SEED_CONTEXT + str(int(seed)).encode()).digest()
-
-
-def rng_description(seed: int | None) -> str:
-    """How a generator made by ``make_generator(seed)`` draws, in words, for the model card."""
-    if seed is None:
-        return "AES-256-CTR keystream keyed from os.urandom"
-    return f"AES-256-CTR keystream keyed by SHA-256 of seed {int(seed)} (not secure)"
-
-
-class KeystreamGenerator:
+class KeystreamGenerator(Keystream):
     """Random words, uniforms, Gaussians, Bernoulli masks and permutations from the AES-256-CTR
-    keystream under ``key``; ``seed`` names the seed the key was derived from (None: the key came
-    from OS entropy, the only secure mode)."""
-
-    def __init__(self, key: bytes, *, seed: int | None) -> None:
-        if len(key) != KEY_BYTES:
-            raise ConfigError(f"The generator key must be {KEY_BYTES} bytes. Found {len(key)}.")
-        self._key = bytes(key)
-        self._seed = None if seed is None else int(seed)
-        self._block = 0
-
-    @property
-    def secure(self) -> bool:
-        return self._seed is None
-
-    @property
-    def description(self) -> str:
-        return rng_description(self._seed)
-
-    def words(self, n: int) -> np.ndarray:
-        """The next ``n`` 64-bit words of the keystream (a partly used block is discarded)."""
-        nbytes = -(-n * _WORD.itemsize // _BLOCK_BYTES) * _BLOCK_BYTES
-        counter = self._block.to_bytes(_BLOCK_BYTES, "big")
-        encryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
-        out = np.empty(nbytes + _BLOCK_BYTES - 1, dtype=np.uint8)
-        encryptor.update_into(_zeros(nbytes), out)
-        self._block += nbytes // _BLOCK_BYTES
-        return out[:nbytes].view(_WORD)[:n]
+    keystream under ``key`` (:class:`securetrain.crypto.keystream.Keystream`), as torch tensors;
+    ``seed`` names the seed the key was derived from (None: the key came from OS entropy, the only
+    secure mode)."""
 
     def uniform(self, n: int) -> torch.Tensor:
         """``n`` float64 uniforms on the 53-bit grid of [0, 1)."""
-        top = self.words(n)
-        np.right_shift(top, np.uint64(11), out=top)
-        return torch.from_numpy(top.view(np.int64)).to(torch.float64).mul_(2.0**-53)
+        return torch.from_numpy(self.uniform53(n))
 
     def normal(
         self, shape: torch.Size | tuple[int, ...], std: float, dtype: torch.dtype
@@ -114,24 +70,11 @@ class KeystreamGenerator:
 
     def get_state(self) -> torch.Tensor:
         """The key, the counter and the seed (if any), for an encrypted checkpoint."""
-        seed = b"" if self._seed is None else str(self._seed).encode()
-        raw = _STATE_MAGIC + self._key + self._block.to_bytes(_BLOCK_BYTES, "big") + seed
-        return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        return torch.frombuffer(bytearray(self.state_bytes()), dtype=torch.uint8)
 
     def set_state(self, state: torch.Tensor) -> None:
         """Continue the stream saved by :meth:`get_state`."""
-        raw = bytes(state.to(torch.uint8).flatten().tolist())
-        head = len(_STATE_MAGIC)
-        if len(raw) < head + KEY_BYTES + _BLOCK_BYTES or not raw.startswith(_STATE_MAGIC):
-            raise ConfigError(
-                f"The saved generator state is not an AES-256-CTR keystream state. "
-                f"Found {len(raw)} bytes starting {raw[:head]!r}."
-            )
-        key_end = head + KEY_BYTES
-        seed = raw[key_end + _BLOCK_BYTES :]
-        self._key = raw[head:key_end]
-        self._block = int.from_bytes(raw[key_end : key_end + _BLOCK_BYTES], "big")
-        self._seed = int(seed.decode()) if seed else None
+        self.load_state_bytes(bytes(state.to(torch.uint8).flatten().tolist()))
 
 
 def check_generator(generator: object, *, secure: bool | None = None) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 from securetrain.bundle import SIGNATURE, ModelCard, Signer, write_bundle
 from securetrain.bundle.card import Architecture, DataSection, ModelSection, PrivacySection
 from securetrain.crypto import KeyProvider, KeySetPaths, passphrase_from_env, provider_for_keydir
+from securetrain.crypto.keystream import make_keystream
 from securetrain.data import (
     Preprocessor,
     Schema,
@@ -81,13 +82,6 @@ class TrainResult:
 
 
 ProgressCallback = Callable[[StepInfo], None]
-
-
-def _numpy_rng(seed: int | None, stream: int = 0) -> np.random.Generator:
-    """Noise for preprocessing (stream 0) and metrics (stream 1): OS entropy unless seeded."""
-    if seed is None:
-        return np.random.default_rng(secrets.randbits(128))
-    return np.random.default_rng(seed if stream == 0 else [seed, stream])
 
 
 def run_releases(data: TabularData) -> list[str]:
@@ -421,7 +415,7 @@ def make_plan(
 ) -> tuple[RunPlan, TabularData, TabularData]:
     """Split, release the noisy counts, plan the mechanism (or take the ``reserved`` one), fit
     the DP preprocessing, and fix the model and the DP-SGD mechanism."""
-    rng = _numpy_rng(config.seed)
+    rng = make_keystream(config.seed, stream="preprocessing")
     split_seed = config.split_seed or (
         secrets.token_hex(16) if config.seed is None else f"seed-{config.seed}"
     )
@@ -613,7 +607,7 @@ def card_metrics(
     if plan.dp is None:
         return {**exact_metrics(probs, y, n_classes), "note": NO_DP_METRICS_NOTE}
     metrics: dict[str, Any] = dp_metrics(
-        probs, y, n_classes, sigma=plan.sigma_pre, rng=_numpy_rng(config.seed, stream=1)
+        probs, y, n_classes, sigma=plan.sigma_pre, rng=make_keystream(config.seed, stream="metrics")
     )
     return {**metrics, "note": METRICS_NOTE}
 
