@@ -1,14 +1,22 @@
 """Held-out metrics: exact ones for the data's holder, and DP ones for the model card.
 
-The held-out split is private data too, so the card's metrics come from one Gaussian release:
-for each true class, a histogram over ``BINS`` fixed bins of the model's predicted probability
-of class 1 (binary) or of every class (multiclass), plus the confusion matrix. One record adds
-1 to one histogram cell per scored class and 1 confusion cell, so the release has L2
-sensitivity sqrt(scored classes + 1); with the
-run's preprocessing noise multiplier it is one more ``GaussianEvent`` in the run's events.
-Accuracy comes from the noisy confusion matrix, AUC (one-vs-rest, averaged over classes) from
-the noisy histograms. Binning alone moves AUC by at most the probability mass of tied pairs
-within a bin.
+The held-out split is private data too, so the card's metrics come from one Gaussian release,
+drawn from the AES-256-CTR keystream (:mod:`securetrain.crypto.keystream`):
+
+- binary label: for each true class, a histogram over ``BINS`` equal bins of the predicted
+  probability of class 1. Adding or removing one record changes one cell by 1, so the release has
+  L2 sensitivity 1; accuracy reads the bins above and below 1/2 (the bins' middle edge), AUC the
+  whole histogram;
+- multiclass: for each true class, a histogram of every class's predicted probability, plus the
+  confusion matrix; one record changes one cell per class and one confusion cell, sensitivity
+  sqrt(classes + 1). Accuracy comes from the confusion matrix, AUC (one-vs-rest, averaged over
+  classes) from the histograms.
+
+The noisy counts are used as released (no rounding up to zero, which would bias every small cell
+upwards and pull the AUC to 1/2). The card gives the AUC with a 95% interval for the noise alone
+(delta method: the AUC's gradient in the released counts times the noise scale); it says nothing
+about the sampling error of a small held-out split. Binning alone moves AUC by at most the
+probability mass of tied pairs within a bin.
 """
 
 from __future__ import annotations
@@ -17,11 +25,15 @@ import math
 
 import numpy as np
 import torch
+from scipy.stats import norm
 from sklearn.metrics import accuracy_score, roc_auc_score
 from torch import nn
 
-BINS = 20
+from securetrain.crypto.keystream import Keystream, check_keystream
+
+BINS = 4
 RELEASE = "test_metrics"
+INTERVAL = 0.95
 
 
 def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -57,25 +69,40 @@ def _scored(n_classes: int) -> list[int]:
 
 def _histograms(
     probs: np.ndarray, y: np.ndarray, n_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Counts [scored class, true class, bin] and the confusion matrix [true, predicted]."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Counts [scored class, true class, bin] and, for a multiclass label, the confusion matrix
+    [true, predicted] (a binary label's accuracy is read off its histogram)."""
     scored = _scored(n_classes)
     bins = np.minimum((probs * BINS).astype(int), BINS - 1)
     hist = np.zeros((len(scored), n_classes, BINS))
     for i, k in enumerate(scored):
         np.add.at(hist[i], (y, bins[:, k]), 1.0)
+    if n_classes == 2:
+        return hist, None
     confusion = np.zeros((n_classes, n_classes))
     np.add.at(confusion, (y, probs.argmax(1)), 1.0)
     return hist, confusion
 
 
-def _auc_from_histograms(positive: np.ndarray, negative: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties counted one half, from bin counts."""
+def sensitivity(n_classes: int) -> float:
+    """L2 sensitivity of the release under adding or removing one record."""
+    return 1.0 if n_classes == 2 else math.sqrt(n_classes + 1)
+
+
+def _auc_and_gradient(
+    positive: np.ndarray, negative: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """P(score of a positive > score of a negative), ties counted one half, from bin counts, and
+    its gradient in the positive and the negative counts."""
     p, n = positive.sum(), negative.sum()
     if p <= 0 or n <= 0:
         return None
     below = np.concatenate([[0.0], np.cumsum(negative)[:-1]])
-    return float(np.sum(positive * (below + 0.5 * negative)) / (p * n))
+    above = np.concatenate([np.cumsum(positive[::-1])[::-1][1:], [0.0]])
+    auc = float(np.sum(positive * (below + 0.5 * negative)) / (p * n))
+    grad_positive = (below + 0.5 * negative) / (p * n) - auc / p
+    grad_negative = (above + 0.5 * positive) / (p * n) - auc / n
+    return auc, grad_positive, grad_negative
 
 
 def dp_metrics(
@@ -84,22 +111,37 @@ def dp_metrics(
     n_classes: int,
     *,
     sigma: float,
-    rng: np.random.Generator,
-) -> dict[str, float | None]:
-    """Accuracy and AUC from one Gaussian release (noise multiplier ``sigma``, sensitivity
-    normalised to 1); None where the noisy counts cannot define them."""
+    rng: Keystream,
+) -> dict[str, float | list[float] | None]:
+    """Accuracy, AUC and the AUC's 95% noise interval from one Gaussian release (noise
+    multiplier ``sigma`` times :func:`sensitivity`); None where the noisy counts cannot define
+    them."""
+    check_keystream(rng)
     hist, confusion = _histograms(probs, y, n_classes)
-    std = sigma * math.sqrt(hist.shape[0] + 1)
-    hist = np.maximum(hist + rng.normal(0.0, std, hist.shape), 0.0)
-    confusion = np.maximum(confusion + rng.normal(0.0, std, confusion.shape), 0.0)
-    total = confusion.sum()
-    aucs = []
+    std = sigma * sensitivity(n_classes)
+    hist = hist + rng.gaussian(std, hist.shape)
+    if confusion is None:
+        correct = hist[0, 0, : BINS // 2].sum() + hist[0, 1, BINS // 2 :].sum()
+        total = hist.sum()
+    else:
+        confusion = confusion + rng.gaussian(std, confusion.shape)
+        correct, total = np.trace(confusion), confusion.sum()
+    aucs, variances = [], []
     for i, k in enumerate(_scored(n_classes)):
         others = np.arange(n_classes) != k
-        auc = _auc_from_histograms(hist[i, k], hist[i, others].sum(0))
-        if auc is not None:
+        found = _auc_and_gradient(hist[i, k], hist[i, others].sum(0))
+        if found is not None:
+            auc, grad_positive, grad_negative = found
             aucs.append(auc)
-    return {
-        "test_accuracy": round(float(np.trace(confusion) / total), 4) if total > 0 else None,
-        "test_auc": round(float(np.mean(aucs)), 4) if aucs else None,
+            variances.append(std**2 * (np.sum(grad_positive**2) + np.sum(grad_negative**2)))
+    metrics: dict[str, float | list[float] | None] = {
+        "test_accuracy": round(float(np.clip(correct / total, 0.0, 1.0)), 4) if total > 0 else None,
+        "test_auc": None,
+        "test_auc_ci95": None,
     }
+    if aucs:
+        auc = float(np.clip(np.mean(aucs), 0.0, 1.0))
+        half = float(norm.isf((1 - INTERVAL) / 2)) * math.sqrt(sum(variances)) / len(aucs)
+        metrics["test_auc"] = round(auc, 4)
+        metrics["test_auc_ci95"] = [round(max(auc - half, 0.0), 4), round(min(auc + half, 1.0), 4)]
+    return metrics

@@ -55,8 +55,9 @@ NO_DP_WARNING = "Trained WITHOUT differential privacy (--no-dp): a baseline only
 CALIBRATION_DELTA = 1e-5
 METRICS_NOTE = (
     "computed on the held-out split from one Gaussian release (histograms of predicted "
-    "probabilities and the confusion matrix, at the preprocessing noise multiplier), which is "
-    "one of privacy.events"
+    "probabilities per true class, and for a multiclass label the confusion matrix, at the "
+    "preprocessing noise multiplier), which is one of privacy.events; test_auc_ci95 is a 95% "
+    "interval for that noise alone, not for the sampling error of the held-out split"
 )
 NO_DP_METRICS_NOTE = "exact, on the held-out split: this model has no DP guarantee"
 
