@@ -6,6 +6,8 @@ import tempfile
 
 # Every test, and every CLI process a test starts, uses a throw-away store and audit key.
 os.environ["SECURETRAIN_HOME"] = tempfile.mkdtemp(prefix="securetrain-test-home-")
+os.environ["SECURETRAIN_AUDIT_KEY"] = tempfile.mkdtemp(prefix="securetrain-test-audit-key-")
+os.environ.pop("SECURETRAIN_AUDIT_PASSPHRASE", None)
 os.environ.pop("SECURETRAIN_STORE", None)
 
 import uuid

@@ -71,7 +71,7 @@ def build_world(root: Path, store_url: str) -> World:
         key_dir=root / "service-keys",
         results_dir=root / "results",
     )
-    store = Store(store_url)
+    store = settings.open_store()
     for name, role in ROLES.items():
         auth.add_user(store, name, role, PASSWORD)
     return World(root, settings, store)

@@ -106,17 +106,17 @@ def test_refused_run_never_decrypts(world, monkeypatch) -> None:
     assert not (tmp / "never").exists()
 
 
-def test_exported_checkpoint_catches_truncation(world) -> None:
+def test_a_witnessed_head_catches_truncation(world) -> None:
     tmp, env, keys, sealed, home = world
     assert run_cli("budget", "set", str(sealed), "--epsilon", "5", env=env).returncode == 0
     witness = tmp / "witness.json"
-    r = run_cli("log", "export-checkpoint", "--out", str(witness), env=env)
+    r = run_cli("log", "head", "--out", str(witness), env=env)
     assert r.returncode == 0, r.stderr
     db = sqlite3.connect(home / "store.db")
     last = db.execute("SELECT MAX(seq) FROM audit_log").fetchone()[0]
     db.execute("DELETE FROM audit_log WHERE seq >= ?", (last,))
-    db.execute("DELETE FROM audit_checkpoints")
+    db.execute("DELETE FROM audit_checkpoints WHERE seq >= ?", (last,))
     db.commit()
     db.close()
-    r = run_cli("log", "verify", "--checkpoint", str(witness), env=env)
+    r = run_cli("log", "verify", "--head", str(witness), env=env)
     assert r.returncode == 3 and "truncated" in r.stderr

@@ -15,6 +15,7 @@ from tests.helpers import one_error_line, run_cli
 def test_users_add_then_log_in(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'store.db'}"
     env = {"ADMIN_PW": "a long admin passphrase"}
+    generate_keyset(tmp_path / "keys")
     r = run_cli(
         "users",
         "add",
@@ -23,6 +24,8 @@ def test_users_add_then_log_in(tmp_path: Path) -> None:
         "admin",
         "--password-env",
         "ADMIN_PW",
+        "--key",
+        str(tmp_path / "keys"),
         "--store",
         store,
         env=env,
@@ -81,7 +84,6 @@ def test_users_add_then_log_in(tmp_path: Path) -> None:
         "Data directory not found",
     )
     (tmp_path / "data").mkdir()
-    generate_keyset(tmp_path / "keys")
     settings = ServiceSettings(store=store, data_dir=tmp_path / "data", key_dir=tmp_path / "keys")
     client = TestClient(create_app(settings))
     r = client.post("/api/v1/auth/login", json={"name": "root", "password": env["ADMIN_PW"]})

@@ -20,8 +20,6 @@ from securetrain.cli.sealed import inspect_command, seal_command, unseal_command
 from securetrain.cli.serve import serve_command, users_app
 from securetrain.cli.train import train_command
 from securetrain.errors import BudgetExceeded, SecureTrainError, SecurityError
-from securetrain.store import Store, checkpoint
-from securetrain.store.engine import OPENED
 
 app = typer.Typer(
     name="securetrain",
@@ -59,14 +57,6 @@ def _audit_failure(exc: SecurityError) -> None:
         pass
 
 
-def _checkpoint_logs() -> None:
-    for url in sorted(OPENED):
-        try:
-            checkpoint(Store(url))
-        except SecureTrainError:
-            pass
-
-
 def _print_error(exc: Exception) -> None:
     err_console.print(
         f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
@@ -99,5 +89,3 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
-    finally:
-        _checkpoint_logs()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated
@@ -12,11 +13,35 @@ from rich.table import Table
 
 from securetrain.cli.common import StoreOption, console
 from securetrain.crypto.signing import signed_manifest_digest
+from securetrain.outputs import check_new_file, write_file_atomic
 from securetrain.sealed import SIGNATURE, read_header
-from securetrain.store import Store, entries, export_checkpoint, ledger, verify_log
+from securetrain.store import (
+    AuditKey,
+    Store,
+    entries,
+    ledger,
+    signed_head,
+    use_audit_key,
+    verify_log,
+)
 
 budget_app = typer.Typer(help="Privacy budgets per sealed dataset.", no_args_is_help=True)
-log_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+log_app = typer.Typer(
+    help="The tamper-evident audit log. Every command that writes it signs its new head with the "
+    "audit key set: SECURETRAIN_AUDIT_KEY (passphrase in SECURETRAIN_AUDIT_PASSPHRASE), else "
+    "~/.config/securetrain/audit-key (under XDG_CONFIG_HOME when set); it is created on first "
+    "use, never in the SQLite database's directory. A team service's store is signed with the "
+    "service's --key.",
+    no_args_is_help=True,
+)
+
+AuditKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Key set that signs this store's audit log (default: SECURETRAIN_AUDIT_KEY, else "
+        "~/.config/securetrain/audit-key; a service's store: the service's --key)."
+    ),
+]
 
 
 @budget_app.command("set")
@@ -79,28 +104,57 @@ def log_show(
         )
 
 
+def _log_store(store: str | None, audit_key: Path | None) -> Store:
+    s = Store(store)
+    if audit_key is not None:
+        use_audit_key(s, AuditKey(audit_key))
+    return s
+
+
 @log_app.command("verify")
 def log_verify(
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="An exported checkpoint to check the log against.")
+    head: Annotated[
+        Path | None,
+        typer.Option(help="A signed head from `log head`: the log must still contain it."),
     ] = None,
     public_key: Annotated[
-        Path | None, typer.Option(help="Audit public key (default: the store's own).")
+        Path | None,
+        typer.Option(
+            help="Audit public key, for a verifier without the key set (default: the key set's, "
+            "and the head it recorded is checked too)."
+        ),
     ] = None,
+    audit_key: AuditKeyOption = None,
     store: StoreOption = None,
 ) -> None:
-    """Recompute the hash chain and check every signed checkpoint; non-zero exit on any change."""
-    n = verify_log(Store(store), public_key=public_key, witness=checkpoint)
+    """Recompute the hash chain and check every signed checkpoint; the last entry must be
+    covered by one, and the log must contain every signed head given or recorded. Non-zero exit
+    on any change."""
+    n = verify_log(_log_store(store, audit_key), public_key=public_key, head=head)
     console.print(f"[green]audit log verified[/green]: {n} entries, chain and checkpoints intact")
 
 
-@log_app.command("export-checkpoint")
-def log_export_checkpoint(
-    out: Annotated[Path, typer.Option(help="File to write the signed checkpoint to.")],
+@log_app.command("head")
+def log_head(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the signed head to this new file (default: print).")
+    ] = None,
+    public_key: Annotated[
+        Path | None, typer.Option(help="Audit public key (default: the audit key set's).")
+    ] = None,
+    audit_key: AuditKeyOption = None,
     store: StoreOption = None,
 ) -> None:
-    """Sign the log's head and write it out for an external witness."""
-    doc = export_checkpoint(Store(store), out)
+    """Verify the log, then give its signed head (entry number, entry hash, signature, signer)
+    for an outside witness to keep; `log verify --head FILE` later proves the log extends it."""
+    if out is not None:
+        check_new_file(out)
+    doc = signed_head(_log_store(store, audit_key), public_key=public_key)
+    text = json.dumps(doc, indent=2) + "\n"
+    if out is None:
+        console.print(text, end="", highlight=False, markup=False)
+        return
+    write_file_atomic(out, text)
     console.print(
-        f"checkpoint at entry {doc['seq']} ({doc['entry_hash'][:16]}…) written to {escape(str(out))}"
+        f"signed head at entry {doc['seq']} ({doc['entry_hash'][:16]}…) written to {escape(str(out))}"
     )

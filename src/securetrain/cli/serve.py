@@ -35,10 +35,9 @@ def _worker(settings_json: str) -> None:
     """The job worker, in its own process: jobs never run in a request handler."""
     from securetrain.service.jobs import work
     from securetrain.service.settings import ServiceSettings
-    from securetrain.store import Store
 
     settings = ServiceSettings.model_validate_json(settings_json)
-    work(Store(settings.store), settings)
+    work(settings.open_store(), settings)
 
 
 def serve_command(
@@ -90,11 +89,19 @@ def add_user_command(
         str | None,
         typer.Option(help="Environment variable holding the password (else it is asked for)."),
     ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The service's key set, which signs its audit log (default: SECURETRAIN_AUDIT_KEY)."
+        ),
+    ] = None,
+    passphrase_env: PassphraseOption = None,
     store: StoreOption = None,
 ) -> None:
     """Create an account (the first admin is created this way)."""
+    from securetrain.crypto.providers import passphrase_from_env
     from securetrain.service.auth import add_user
-    from securetrain.store import Store
+    from securetrain.store import AuditKey, Store, use_audit_key
 
     if password_env is not None:
         password = os.environ.get(password_env)
@@ -102,7 +109,10 @@ def add_user_command(
             raise ConfigError(f"Environment variable {password_env} is not set.")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    user = add_user(Store(store), name, role, password)
+    s = Store(store)
+    if key is not None:
+        use_audit_key(s, AuditKey(key, passphrase_from_env(passphrase_env)))
+    user = add_user(s, name, role, password)
     console.print(f"added {user.name} ({user.role})")
 
 

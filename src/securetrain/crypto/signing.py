@@ -11,9 +11,13 @@ import base64
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from securetrain.crypto.keys import check_private_permissions
 from securetrain.errors import DataError, DecryptionError, IntegrityError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 os.environ.setdefault("SIGSTORE_NO_TELEMETRY", "1")
 
@@ -93,6 +97,15 @@ def sign_bytes(private_key: Path, data: bytes, *, passphrase: str | None = None)
     from securetrain.crypto.keys import load_private_key
 
     return load_private_key(private_key, passphrase).sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def sign_bytes_with(private_key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """ECDSA P-256 / SHA-256 signature over ``data`` (DER) with a key already loaded, for a
+    signer that signs often (the audit log's heads)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return private_key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
 def verify_bytes(public_key: Path, data: bytes, signature: bytes) -> None:

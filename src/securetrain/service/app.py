@@ -23,7 +23,6 @@ from securetrain.errors import BudgetExceeded, SecureTrainError, SecurityError
 from securetrain.service import auth, jobs, registry
 from securetrain.service.auth import AuthError, Throttled, User
 from securetrain.service.settings import ServiceSettings
-from securetrain.store import Store
 from securetrain.store.audit import acting_as, entries, record, verify_log
 
 HEX32 = r"^[0-9a-f]{32}$"
@@ -77,7 +76,7 @@ class Grant(BaseModel):
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     settings.check()
-    store = Store(settings.store)
+    store = settings.open_store()
     public_key = KeySetPaths(settings.key_dir).public_key
     app = FastAPI(
         title="securetrain",

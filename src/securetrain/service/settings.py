@@ -7,8 +7,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from securetrain.crypto.keys import KeySetPaths
+from securetrain.crypto.providers import passphrase_from_env
 from securetrain.errors import ConfigError
-from securetrain.store.engine import securetrain_home
+from securetrain.store.audit import AuditKey, use_audit_key
+from securetrain.store.engine import Store, securetrain_home
 
 
 class ServiceSettings(BaseModel):
@@ -28,6 +30,12 @@ class ServiceSettings(BaseModel):
         path = self.results_dir or securetrain_home() / "service-results"
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
+
+    def open_store(self) -> Store:
+        """The service's store, its audit log signed with the service's key set."""
+        store = Store(self.store)
+        use_audit_key(store, AuditKey(self.key_dir, passphrase_from_env(self.passphrase_env)))
+        return store
 
     def check(self) -> None:
         if not self.data_dir.is_dir():

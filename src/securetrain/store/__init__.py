@@ -2,32 +2,38 @@
 
 from securetrain.store import ledger
 from securetrain.store.audit import (
-    CHECKPOINT_EVERY,
+    AUDIT_KEY_ENV,
+    AUDIT_PASSPHRASE_ENV,
+    AuditKey,
     Entry,
     append,
-    checkpoint,
     current_actor,
+    default_audit_key_dir,
     entries,
-    export_checkpoint,
     record,
+    signed_head,
+    use_audit_key,
     verify_log,
 )
 from securetrain.store.engine import HOME_ENV, STORE_ENV, Store, securetrain_home, store_url
 
 __all__ = [
-    "CHECKPOINT_EVERY",
+    "AUDIT_KEY_ENV",
+    "AUDIT_PASSPHRASE_ENV",
     "HOME_ENV",
     "STORE_ENV",
+    "AuditKey",
     "Entry",
     "Store",
     "append",
-    "checkpoint",
     "current_actor",
+    "default_audit_key_dir",
     "entries",
-    "export_checkpoint",
     "ledger",
     "record",
     "securetrain_home",
+    "signed_head",
     "store_url",
+    "use_audit_key",
     "verify_log",
 ]

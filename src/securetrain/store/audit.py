@@ -1,37 +1,55 @@
 """The tamper-evident audit log: a hash chain in table ``audit_log`` with signed checkpoints.
 
 Each entry's hash covers its sequence number, time, actor, action, object, the digest of its
-details, and the previous entry's hash. Every ``CHECKPOINT_EVERY`` entries, and at the end of
-each command, the head (sequence number and hash) is signed with the store's ECDSA P-256 audit
-key. :func:`verify_log` recomputes the chain and checks every checkpoint, and an exported
-checkpoint held by an outside witness exposes truncation behind it.
+details, and the previous entry's hash. Every transaction that appends entries also signs its new
+head (sequence number and hash) with an ECDSA P-256 key held outside the database: a key set
+(:class:`AuditKey`; the service's own key set for the service). The signer signs only a head
+that extends the last one it signed, and records that head in its key set as well, so a log
+rolled back behind it, rewritten, or stripped of its checkpoints fails :func:`verify_log`; a head
+kept by an outside witness (:func:`signed_head`) proves the same against someone who holds the
+key.
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import getpass
 import hashlib
 import json
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.engine import make_url
 
-from securetrain.crypto.keys import KeySetPaths, fingerprint, generate_keyset, load_public_key
-from securetrain.crypto.signing import sign_bytes, verify_bytes
-from securetrain.errors import DataError, IntegrityError
-from securetrain.store.engine import Store, securetrain_home
+from securetrain.crypto.keys import (
+    KeySetPaths,
+    fingerprint,
+    generate_keyset,
+    load_private_key,
+)
+from securetrain.crypto.signing import sign_bytes_with, verify_bytes
+from securetrain.errors import ConfigError, DataError, IntegrityError
+from securetrain.store.engine import Store
 from securetrain.store.schema import audit_checkpoints, audit_log
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
 GENESIS = "0" * 64
-CHECKPOINT_EVERY = 50
 CHECKPOINT_FORMAT = "securetrain.audit_checkpoint/v1"
+HEAD_FORMAT = "securetrain.audit_head/v1"
+AUDIT_KEY_ENV = "SECURETRAIN_AUDIT_KEY"
+AUDIT_PASSPHRASE_ENV = "SECURETRAIN_AUDIT_PASSPHRASE"
+HEADS_DIR = "audit-heads"
 
 
 def now() -> str:
@@ -73,12 +91,98 @@ def entry_hash(
     ).hexdigest()
 
 
-def audit_keys() -> KeySetPaths:
-    """The store's audit signing key (created on first use, 0600, under SECURETRAIN_HOME)."""
-    paths = KeySetPaths(securetrain_home() / "audit-key")
-    if not paths.signing_key.exists():
-        generate_keyset(paths.root)
-    return paths
+def default_audit_key_dir() -> Path:
+    """The local stores' audit key set: under the user's configuration directory, apart from
+    the database under SECURETRAIN_HOME."""
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "securetrain" / "audit-key"
+
+
+@dataclass(frozen=True)
+class AuditKey:
+    """The key set whose signing key signs a store's audit heads, and its passphrase."""
+
+    root: Path
+    passphrase: str | None = None
+
+    @classmethod
+    def from_environment(cls) -> AuditKey:
+        """SECURETRAIN_AUDIT_KEY (else :func:`default_audit_key_dir`), with the passphrase in
+        SECURETRAIN_AUDIT_PASSPHRASE when one is set."""
+        root = os.environ.get(AUDIT_KEY_ENV)
+        passphrase = os.environ.get(AUDIT_PASSPHRASE_ENV) or None
+        return cls(Path(root) if root else default_audit_key_dir(), passphrase)
+
+
+_BOUND: dict[str, AuditKey] = {}
+
+
+def use_audit_key(store: Store, key: AuditKey) -> None:
+    """Sign and check ``store``'s audit log with ``key`` in this process, for every ``Store``
+    opened on the same URL (the service binds its own key set)."""
+    _BOUND[store.url] = key
+
+
+def audit_key_of(store: Store) -> AuditKey:
+    return _BOUND.get(store.url) or AuditKey.from_environment()
+
+
+def _sqlite_directory(store: Store) -> Path | None:
+    database = make_url(store.url).database if store.is_sqlite else None
+    return Path(database).resolve().parent if database and database != ":memory:" else None
+
+
+@dataclass(frozen=True)
+class _Signer:
+    private_key: ec.EllipticCurvePrivateKey
+    public_key: Path
+    fingerprint: str
+    heads: Path
+
+
+_SIGNERS: dict[AuditKey, _Signer] = {}
+_SIGNERS_LOCK = threading.Lock()
+
+
+def _signer(store: Store) -> _Signer:
+    """The loaded audit signing key (loaded once per process); a missing key set is created,
+    but never in the directory of the SQLite database it protects."""
+    key = audit_key_of(store)
+    with _SIGNERS_LOCK:
+        if (signer := _SIGNERS.get(key)) is not None:
+            return signer
+        paths = KeySetPaths(key.root)
+        if not paths.signing_key.exists():
+            db_dir = _sqlite_directory(store)
+            if db_dir is not None and key.root.resolve().is_relative_to(db_dir):
+                raise ConfigError(
+                    f"Refusing to create the audit key in the database's directory "
+                    f"{str(db_dir)!r} (found {str(key.root)!r}); set {AUDIT_KEY_ENV} or "
+                    "--audit-key to a directory elsewhere."
+                )
+            generate_keyset(key.root, key.passphrase)
+        private = load_private_key(paths.signing_key, key.passphrase)
+        heads = key.root / HEADS_DIR
+        try:
+            heads.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"Cannot write signed heads into {str(heads)!r}: {exc}") from None
+        signer = _SIGNERS[key] = _Signer(
+            private, paths.public_key, fingerprint(private.public_key()), heads
+        )
+        return signer
+
+
+def _store_name(store: Store) -> str:
+    """The store's URL without its password (SQLite: the absolute path)."""
+    db_dir = _sqlite_directory(store)
+    if db_dir is not None:
+        return f"sqlite:///{db_dir / Path(str(make_url(store.url).database)).name}"
+    return make_url(store.url).render_as_string(hide_password=True)
+
+
+def _head_file(heads: Path, store: Store) -> Path:
+    return heads / (hashlib.sha256(_store_name(store).encode()).hexdigest()[:32] + ".json")
 
 
 def _checkpoint_message(seq: int, head: str) -> bytes:
@@ -105,7 +209,8 @@ def append(
     *,
     actor: str | None = None,
 ) -> int:
-    """Append one entry inside the caller's transaction; returns its sequence number."""
+    """Append one entry inside the caller's transaction (from ``store.transaction()``); the
+    transaction signs its new head before it commits. Returns the entry's sequence number."""
     store.lock_audit(conn)
     last = conn.execute(
         select(audit_log.c.seq, audit_log.c.entry_hash).order_by(audit_log.c.seq.desc()).limit(1)
@@ -127,8 +232,7 @@ def append(
             entry_hash=entry_hash(seq, ts, who, action, obj, digest, prev),
         )
     )
-    if seq % CHECKPOINT_EVERY == 0:
-        _write_checkpoint(conn)
+    store.before_commit(conn, "audit.head", lambda c: _sign_head(store, c, seq - 1))
     return seq
 
 
@@ -145,34 +249,117 @@ def record(
         return append(store, conn, action, obj, details, actor=actor)
 
 
-def _write_checkpoint(conn: Connection) -> int | None:
+def _hash_at(conn: Connection, seq: int) -> str | None:
+    return conn.execute(select(audit_log.c.entry_hash).where(audit_log.c.seq == seq)).scalar()
+
+
+def _sign_head(store: Store, conn: Connection, base: int) -> Callable[[], None]:
+    """Sign the transaction's head, which must extend the last signed one (at ``base``, the
+    head before this transaction) and the head recorded in the key set; returns the step that
+    records the new head there once the transaction has committed."""
+    signer = _signer(store)
+    last = conn.execute(
+        select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc()).limit(1)
+    ).first()
+    if last is not None and last.signer != signer.fingerprint:
+        raise ConfigError(
+            f"The audit log of {_store_name(store)!r} is signed by {last.signer}, not by this "
+            f"audit key {signer.fingerprint} ({str(audit_key_of(store).root)!r}); set "
+            f"{AUDIT_KEY_ENV} or --audit-key to the key set that signs it."
+        )
+    if base:
+        if last is None or last.seq != base or _hash_at(conn, base) != last.entry_hash:
+            raise IntegrityError(
+                f"audit log: refusing to extend it; entry {base} is not its last signed head"
+            )
+        try:
+            verify_bytes(
+                signer.public_key,
+                _checkpoint_message(last.seq, last.entry_hash),
+                base64.b64decode(last.signature),
+            )
+        except (IntegrityError, ValueError):
+            raise IntegrityError(
+                f"audit log: refusing to extend it; checkpoint at entry {base} has a bad signature"
+            ) from None
+    elif last is not None:
+        raise IntegrityError("audit log: refusing to extend it; it has checkpoints but no entries")
+    recorded = _read_head(_head_file(signer.heads, store))
+    if recorded is not None and (
+        recorded["seq"] > base or _hash_at(conn, recorded["seq"]) != recorded["entry_hash"]
+    ):
+        raise IntegrityError(
+            f"audit log: refusing to extend it; it does not contain the head at entry "
+            f"{recorded['seq']} that its key set recorded"
+        )
     head = conn.execute(
         select(audit_log.c.seq, audit_log.c.entry_hash).order_by(audit_log.c.seq.desc()).limit(1)
-    ).first()
-    if head is None:
-        return None
-    done = conn.execute(select(func.max(audit_checkpoints.c.seq))).scalar()
-    if done is not None and done >= head.seq:
-        return done
-    keys = audit_keys()
-    signature = sign_bytes(keys.signing_key, _checkpoint_message(head.seq, head.entry_hash))
+    ).one()
+    signature = base64.b64encode(
+        sign_bytes_with(signer.private_key, _checkpoint_message(head.seq, head.entry_hash))
+    ).decode()
+    created = now()
     conn.execute(
         insert(audit_checkpoints).values(
             seq=head.seq,
             entry_hash=head.entry_hash,
-            signature=base64.b64encode(signature).decode(),
-            signer=fingerprint(load_public_key(keys.public_key)),
-            created_at=now(),
+            signature=signature,
+            signer=signer.fingerprint,
+            created_at=created,
         )
     )
-    return int(head.seq)
+    doc = _head_document(store, head.seq, head.entry_hash, signature, signer.fingerprint, created)
+    return lambda: _record_head(_head_file(signer.heads, store), doc)
 
 
-def checkpoint(store: Store) -> int | None:
-    """Sign the current head, unless it is already signed; returns its sequence number."""
-    with store.transaction() as conn:
-        store.lock_audit(conn)
-        return _write_checkpoint(conn)
+def _head_document(
+    store: Store, seq: int, head: str, signature: str, signer: str, created_at: str
+) -> dict[str, Any]:
+    return {
+        "format": HEAD_FORMAT,
+        "store": _store_name(store),
+        "seq": seq,
+        "entry_hash": head,
+        "signature": signature,
+        "signer": signer,
+        "created_at": created_at,
+    }
+
+
+def _read_head(path: Path) -> dict[str, Any] | None:
+    """A signed head document, or None where ``path`` does not exist."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("format") != HEAD_FORMAT:
+            raise ValueError
+        return {
+            **doc,
+            "seq": int(doc["seq"]),
+            "entry_hash": str(doc["entry_hash"]),
+            "signature": str(doc["signature"]),
+        }
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise DataError(f"Not a securetrain signed audit head: {str(path)!r}.") from None
+
+
+def _record_head(path: Path, doc: dict[str, Any]) -> None:
+    """Keep ``doc`` as the store's head in the key set unless a later head is already there
+    (several processes may write one store)."""
+    try:
+        lock = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = _read_head(path)
+            if current is None or current["seq"] < doc["seq"]:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+                os.replace(tmp, path)
+        finally:
+            os.close(lock)
+    except OSError as exc:
+        raise ConfigError(f"Cannot record the signed audit head in {str(path)!r}: {exc}") from None
 
 
 def entries(store: Store, since: str | None = None) -> list[Entry]:
@@ -187,35 +374,38 @@ def entries(store: Store, since: str | None = None) -> list[Entry]:
     ]
 
 
-def export_checkpoint(store: Store, out: Path) -> dict[str, Any]:
-    """Write the latest signed checkpoint to ``out`` for an outside witness to keep."""
-    seq = checkpoint(store)
-    if seq is None:
-        raise DataError("The audit log is empty; there is nothing to checkpoint.")
+def signed_head(store: Store, *, public_key: Path | None = None) -> dict[str, Any]:
+    """The log's signed head, for an outside witness to keep, once the whole log verifies."""
+    if verify_log(store, public_key=public_key) == 0:
+        raise DataError(f"The audit log of {_store_name(store)!r} is empty; it has no head.")
     with store.engine.connect() as conn:
-        row = conn.execute(select(audit_checkpoints).where(audit_checkpoints.c.seq == seq)).one()
-    doc = {
-        "format": CHECKPOINT_FORMAT,
-        "store": store.url.split("@")[-1],
-        "seq": row.seq,
-        "entry_hash": row.entry_hash,
-        "signature": row.signature,
-        "signer": row.signer,
-        "created_at": row.created_at,
-    }
-    if out.exists():
-        raise DataError(f"Output file already exists: {str(out)!r}; choose another --out.")
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    return doc
+        row = conn.execute(
+            select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc()).limit(1)
+        ).one()
+    return _head_document(store, row.seq, row.entry_hash, row.signature, row.signer, row.created_at)
 
 
-def verify_log(store: Store, *, public_key: Path | None = None, witness: Path | None = None) -> int:
+def verify_log(store: Store, *, public_key: Path | None = None, head: Path | None = None) -> int:
     """Recompute the chain and check every checkpoint; returns the number of entries.
 
-    Raises :class:`IntegrityError` naming the first problem: an edited, deleted, inserted or
-    reordered entry, a bad checkpoint signature, or a log shorter than a checkpoint says.
+    The last entry must be covered by a signed checkpoint, and the log must contain the head
+    recorded in the audit key set (when ``public_key`` is not given, so that the key set is the
+    store's own) and the witnessed head in the file ``head``. Raises :class:`IntegrityError`
+    naming the first problem: an edited, deleted, inserted or reordered entry, a bad or missing
+    checkpoint, or a log that does not extend a signed head.
     """
-    pub = public_key or audit_keys().public_key
+    key = audit_key_of(store)
+    pub = public_key or KeySetPaths(key.root).public_key
+    if not pub.is_file():
+        raise DataError(
+            f"Audit public key not found: {str(pub)!r}; give --audit-key DIR or --public-key FILE."
+        )
+    witnessed = [] if head is None else [(head, _read_head(head))]
+    if witnessed and witnessed[0][1] is None:
+        raise DataError(f"Signed head file not found: {str(head)!r}.")
+    if public_key is None:
+        own = _head_file(key.root / HEADS_DIR, store)
+        witnessed.append((own, _read_head(own)))
     with store.engine.connect() as conn:
         rows = conn.execute(select(audit_log).order_by(audit_log.c.seq)).all()
         cps = conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq)).all()
@@ -238,24 +428,36 @@ def verify_log(store: Store, *, public_key: Path | None = None, witness: Path | 
             raise IntegrityError(f"audit log: entry {r.seq} was altered")
         prev = r.entry_hash
         hashes[r.seq] = r.entry_hash
-    signed = [(c.seq, c.entry_hash, c.signature) for c in cps]
-    if witness is not None:
-        try:
-            doc = json.loads(witness.read_text())
-            signed.append((int(doc["seq"]), str(doc["entry_hash"]), str(doc["signature"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            raise DataError(f"Not a securetrain audit checkpoint: {str(witness)!r}.") from None
-    for seq, head, signature in signed:
-        try:
-            verify_bytes(pub, _checkpoint_message(seq, head), base64.b64decode(signature))
-        except (IntegrityError, ValueError):
+    for c in cps:
+        _check_signed(pub, c.seq, c.entry_hash, c.signature, f"checkpoint at entry {c.seq}")
+        if c.seq not in hashes:
             raise IntegrityError(
-                f"audit log: checkpoint at entry {seq} has a bad signature"
-            ) from None
+                f"audit log: truncated; checkpoint at entry {c.seq} but the log ends at {len(rows)}"
+            )
+        if hashes[c.seq] != c.entry_hash:
+            raise IntegrityError(f"audit log: entry {c.seq} differs from its signed checkpoint")
+    if rows and (not cps or cps[-1].seq != len(rows)):
+        found = f"the last is at entry {cps[-1].seq}" if cps else "there are none"
+        raise IntegrityError(
+            f"audit log: its last entry {len(rows)} has no signed checkpoint ({found})"
+        )
+    for path, doc in witnessed:
+        if doc is None:
+            continue
+        seq, what = doc["seq"], f"signed head in {str(path)!r}"
+        _check_signed(pub, seq, doc["entry_hash"], doc["signature"], what)
         if seq not in hashes:
             raise IntegrityError(
-                f"audit log: truncated; checkpoint at entry {seq} but the log ends at {len(rows)}"
+                f"audit log: truncated; the {what} is at entry {seq} but the log ends at "
+                f"{len(rows)}"
             )
-        if hashes[seq] != head:
-            raise IntegrityError(f"audit log: entry {seq} differs from its signed checkpoint")
+        if hashes[seq] != doc["entry_hash"]:
+            raise IntegrityError(f"audit log: entry {seq} differs from the {what}")
     return len(rows)
+
+
+def _check_signed(pub: Path, seq: int, head: str, signature: str, what: str) -> None:
+    try:
+        verify_bytes(pub, _checkpoint_message(seq, head), base64.b64decode(signature))
+    except (IntegrityError, ValueError):
+        raise IntegrityError(f"audit log: {what} has a bad signature") from None

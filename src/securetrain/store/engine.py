@@ -8,7 +8,7 @@ from overspending a budget or forking the audit log.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from securetrain.errors import ConfigError
 HOME_ENV = "SECURETRAIN_HOME"
 STORE_ENV = "SECURETRAIN_STORE"
 READ_ONLY = "securetrain_read_only"
-OPENED: set[str] = set()  # store URLs opened by this process, for end-of-command checkpoints
+COMMIT_HOOKS = "securetrain_commit_hooks"
 
 
 def securetrain_home() -> Path:
@@ -52,7 +52,6 @@ class Store:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = store_url(url)
-        OPENED.add(self.url)
         try:
             kwargs = {"connect_args": {"timeout": 60}} if self.url.startswith("sqlite") else {}
             self.engine = create_engine(self.url, **kwargs)
@@ -81,8 +80,28 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
+        """A write transaction. The work given to :meth:`before_commit` runs in it, last; what
+        that work returns runs once the transaction has committed."""
+        after: list[Callable[[], None]] = []
         with self.engine.begin() as conn:
-            yield conn
+            hooks: dict[str, Callable[[Connection], Callable[[], None]]] = {}
+            conn.info[COMMIT_HOOKS] = hooks
+            try:
+                yield conn
+                after.extend(hook(conn) for hook in hooks.values())
+            finally:
+                conn.info.pop(COMMIT_HOOKS, None)
+        for done in after:
+            done()
+
+    def before_commit(
+        self, conn: Connection, name: str, hook: Callable[[Connection], Callable[[], None]]
+    ) -> None:
+        """Run ``hook`` once (per ``name``) at the end of the transaction ``conn`` belongs to."""
+        hooks = conn.info.get(COMMIT_HOOKS)
+        if hooks is None:
+            raise ConfigError(f"{name} needs a write transaction from Store.transaction().")
+        hooks.setdefault(name, hook)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
