@@ -139,14 +139,14 @@ def test_planted_unique_string_never_reaches_the_bundle(tmp_path: Path) -> None:
         "train", "--data", str(data), "--label", "outcome", "--epsilon", "1", "--out", str(out)
     )
     assert result.returncode == 0, result.stderr
-    assert "patient_id" in result.stderr  # identifier column dropped, with a warning
     for f in out.rglob("*"):
         if f.is_file():
             assert CANARY.encode() not in f.read_bytes(), f
     card = json.loads((out / "model_card.json").read_text())
     pre = card["model"]["preprocessing"]
     cols = {c["name"]: c for c in pre["columns"]}
-    assert "patient_id" not in cols and pre["dropped_identifier_columns"] == ["patient_id"]
+    # Undeclared, the ID column stays a feature, and DP selection releases none of its values.
+    assert cols["patient_id"]["categories"] == [] and pre["dropped_identifier_columns"] == []
     assert cols["city"]["categories"] == ["east", "north", "south"]
     assert cols["city"]["categories_source"] == "dp"
     assert pre["label"]["classes_source"] == "dp"

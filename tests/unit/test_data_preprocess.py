@@ -134,12 +134,16 @@ def test_too_few_rows_for_dp_classes_asks_for_a_declaration() -> None:
         )
 
 
-def test_identifier_columns_are_dropped_unless_kept() -> None:
+def test_declared_identifier_columns_are_dropped_unless_kept() -> None:
     table = pa.table(
         {"id": [f"row{i}" for i in range(100)], "x": np.arange(100.0), "y": [0, 1] * 50}
     )
-    assert _data(table).features.column_names == ["x"]
-    kept = from_table(table, label="y", source="t", sha256="", keep_identifiers=True)
+    assert _data(table).features.column_names == ["id", "x"]
+    schema = Schema.from_json({"columns": {"id": {"identifier": True}}})
+    assert _data(table, schema=schema).features.column_names == ["x"]
+    kept = from_table(
+        table, label="y", source="t", sha256="", schema=schema, keep_identifiers=True
+    )
     assert kept.features.column_names == ["id", "x"]
 
 

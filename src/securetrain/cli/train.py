@@ -96,7 +96,7 @@ def train_command(
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     accountant: Annotated[str, typer.Option(help="pld (tight) or rdp.")] = "pld",
     keep_identifiers: Annotated[
-        bool, typer.Option(help="Keep columns whose values are almost all unique.")
+        bool, typer.Option(help="Keep the columns the schema declares as identifiers.")
     ] = False,
     seed: Annotated[
         int | None,
@@ -165,7 +165,7 @@ def train_command(
         result = train(config, progress=update, on_run=_announce_run)
     for name in result.preprocessor.dropped_identifier_columns:
         err_console.print(
-            f"[yellow]warning: dropped identifier-like column {escape(repr(name))} "
+            f"[yellow]warning: dropped column {escape(repr(name))}, declared an identifier "
             "(use --keep-identifiers)[/yellow]"
         )
     audit(

@@ -23,16 +23,20 @@ class Schema:
 
     ``bounds`` maps numeric columns to (lower, upper); ``transforms`` marks right-skewed numeric
     columns for a log scale (``"log"``; default ``"linear"``); ``categories`` maps categorical
-    columns to their allowed values; ``classes`` lists the label's values. A declared column's
+    columns to their allowed values; ``classes`` lists the label's values; ``identifiers`` names
+    the columns that are not features (an ID, a name: ``"identifier": true``). A declared column's
     kind comes from its declaration (bounds or a transform: numeric; categories: categorical),
-    never from the values or their Arrow type. Anything not declared, an undeclared column's kind
-    included, is estimated with differential privacy from the training split.
+    never from the values or their Arrow type; which columns are features comes from the
+    declaration and ``--features`` alone, never from the values. Anything not declared, an
+    undeclared column's kind included, is estimated with differential privacy from the training
+    split.
     """
 
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     categories: dict[str, list[str]] = field(default_factory=dict)
     classes: list[str] | None = None
     transforms: dict[str, str] = field(default_factory=dict)
+    identifiers: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, origin: str = "schema") -> Schema:
@@ -41,6 +45,7 @@ class Schema:
         bounds: dict[str, tuple[float, float]] = {}
         categories: dict[str, list[str]] = {}
         transforms: dict[str, str] = {}
+        identifiers: list[str] = []
         for name, spec in (data.get("columns") or {}).items():
             if not isinstance(spec, dict):
                 raise DataError(f"{origin}: column {name!r} must map to an object. Found {spec!r}.")
@@ -71,6 +76,13 @@ class Schema:
                         f"{origin}: transform of {name!r} must be 'linear' or 'log'. Found {t!r}."
                     )
                 transforms[name] = t
+            if "identifier" in spec:
+                if spec["identifier"] is not True or len(spec) > 1:
+                    raise DataError(
+                        f"{origin}: an identifier column {name!r} is declared as "
+                        f'{{"identifier": true}} and nothing else. Found {spec!r}.'
+                    )
+                identifiers.append(name)
             if "categories" in spec and ("bounds" in spec or "transform" in spec):
                 raise DataError(
                     f"{origin}: column {name!r} declares categories and also bounds or a "
@@ -79,7 +91,13 @@ class Schema:
         classes = data.get("classes")
         if classes is not None and (not isinstance(classes, list) or len(classes) < 2):
             raise DataError(f"{origin}: classes must list at least two labels. Found {classes!r}.")
-        return cls(bounds, categories, [str(v) for v in classes] if classes else None, transforms)
+        return cls(
+            bounds,
+            categories,
+            [str(v) for v in classes] if classes else None,
+            transforms,
+            identifiers,
+        )
 
     def kind(self, name: str) -> str | None:
         """``"numeric"`` or ``"categorical"`` as declared, or None for an undeclared column."""
@@ -97,6 +115,8 @@ class Schema:
             columns.setdefault(name, {})["categories"] = list(cats)
         for name, transform in self.transforms.items():
             columns.setdefault(name, {})["transform"] = transform
+        for name in self.identifiers:
+            columns[name] = {"identifier": True}
         out: dict[str, Any] = {"columns": columns}
         if self.classes is not None:
             out["classes"] = list(self.classes)
@@ -174,14 +194,6 @@ def is_numeric(arrow_type: pa.DataType) -> bool:
     )
 
 
-def _identifier_like(column: pa.ChunkedArray) -> bool:
-    """Almost every value distinct: an ID, a name, free text. Only for non-float columns."""
-    if pa.types.is_floating(column.type) or column.length() < 20:
-        return False
-    distinct = pc.count_distinct(column).as_py()
-    return distinct >= 0.9 * column.length()
-
-
 def from_table(
     table: pa.Table,
     *,
@@ -192,7 +204,11 @@ def from_table(
     schema: Schema | None = None,
     keep_identifiers: bool = False,
 ) -> TabularData:
-    """Split a table into features and labels, checking the columns the user named."""
+    """Split a table into features and labels, checking the columns the user named.
+
+    The features are ``features`` if named, else every column but the label and the schema's
+    declared identifiers (kept with ``keep_identifiers``): a decision from declarations alone,
+    which no row can change."""
     names = table.column_names
     if label is None:
         raise DataError(f"Name the label column with --label; columns are: {', '.join(names)}.")
@@ -220,11 +236,7 @@ def from_table(
     declared = schema or Schema()
     dropped: list[str] = []
     if not keep_identifiers and not features:
-        dropped = [
-            n
-            for n in chosen
-            if declared.kind(n) is None and _identifier_like(table.column(n))
-        ]
+        dropped = [n for n in chosen if n in declared.identifiers]
         chosen = [n for n in chosen if n not in dropped]
     if not chosen:
         raise DataError("No feature columns are left to train on.")
