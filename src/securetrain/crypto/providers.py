@@ -1,5 +1,5 @@
-"""Key providers: where the master key comes from. Callers depend on the interface only, so a
-KMS-backed provider can be added without touching them."""
+"""Key providers: where the master key and the private encryption key come from. Callers depend
+on the interface only, so a KMS-backed provider can be added without touching them."""
 
 from __future__ import annotations
 
@@ -10,15 +10,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric import x25519
+
 from securetrain.crypto import aead
-from securetrain.crypto.keys import KeySetPaths, read_master_key
+from securetrain.crypto.keys import (
+    ENCRYPTION_KEY,
+    KeySetPaths,
+    load_encryption_key,
+    read_master_key,
+)
 from securetrain.errors import DataError, UserError
 
 
 class KeyProvider(Protocol):
-    """Supplies the 32-byte master key that wraps each dataset's data key."""
+    """Supplies the 32-byte master key that wraps the data keys of datasets sealed for oneself,
+    and the X25519 private key that opens data keys wrapped to this key set's public key."""
 
     def master_key(self) -> bytes: ...
+
+    def encryption_key(self) -> x25519.X25519PrivateKey: ...
 
     def describe(self) -> str: ...
 
@@ -31,6 +41,9 @@ class KeyFileProvider:
 
     def master_key(self) -> bytes:
         return read_master_key(self.path, None)
+
+    def encryption_key(self) -> x25519.X25519PrivateKey:
+        return load_encryption_key(self.path.parent / ENCRYPTION_KEY, None)
 
     def describe(self) -> str:
         return f"key file {self.path}"
@@ -45,6 +58,9 @@ class PassphraseProvider:
 
     def master_key(self) -> bytes:
         return read_master_key(self.path, self.passphrase)
+
+    def encryption_key(self) -> x25519.X25519PrivateKey:
+        return load_encryption_key(self.path.parent / ENCRYPTION_KEY, self.passphrase)
 
     def describe(self) -> str:
         return f"passphrase-wrapped key file {self.path}"
@@ -67,6 +83,12 @@ class EnvironmentKeyProvider:
         if len(key) != aead.KEY_BYTES:
             raise DataError(f"Environment variable {self.variable} must hold a base64 32-byte key.")
         return key
+
+    def encryption_key(self) -> x25519.X25519PrivateKey:
+        raise UserError(
+            f"Environment variable {self.variable} holds a master key only; data sealed for a "
+            "recipient's public key opens with that recipient's key set (--key KEYDIR)."
+        )
 
     def describe(self) -> str:
         return f"environment variable {self.variable}"

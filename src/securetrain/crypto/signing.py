@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from securetrain.crypto.keys import check_private_permissions
+from securetrain.crypto.keys import check_private_permissions, private_key_password
 from securetrain.errors import DataError, DecryptionError, IntegrityError
 
 if TYPE_CHECKING:
@@ -36,9 +36,11 @@ def sign_directory(
 
     check_private_permissions(private_key)
     signature = directory / signature_name
+    password = private_key_password(private_key, passphrase)
     try:
         config = signing.Config().use_elliptic_key_signer(
-            private_key=private_key, password=passphrase.encode() if passphrase else None
+            private_key=private_key,
+            password=password,  # type: ignore[arg-type]  # bytes, as cryptography takes it
         )
     except (ValueError, TypeError):
         raise DecryptionError("could not load the signing key (wrong passphrase?)") from None

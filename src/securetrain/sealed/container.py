@@ -7,12 +7,13 @@ Layout (format ``securetrain.sealed/v1``; see docs/sealed-format.md)::
       chunks/00000000.bin  nonce || AES-256-GCM(Arrow IPC stream of the chunk's rows) || tag
       dataset.sig          OpenSSF model-signing signature over every other file
 
-Envelope encryption: a fresh data key per dataset, wrapped by the master key with associated
-data naming the dataset. Each chunk's associated data binds the SHA-256 of the header bytes
-(hence the dataset id, schema, row and chunk counts), the chunk index and a final-chunk flag, so
-reordering, truncation, duplication, header edits and chunks spliced in from another dataset
-all fail to decrypt. Decryption happens in memory only, and returns nothing unless every chunk
-authenticates.
+Envelope encryption: a fresh data key per dataset, wrapped with associated data naming the
+dataset either by the sealer's own master key (sealing for oneself) or to a recipient's X25519
+public key (sealing for the service, which alone holds the private half). Each chunk's
+associated data binds the SHA-256 of the header bytes (hence the dataset id, schema, row and
+chunk counts), the chunk index and a final-chunk flag, so reordering, truncation, duplication,
+header edits and chunks spliced in from another dataset all fail to decrypt. Decryption
+happens in memory only, and returns nothing unless every chunk authenticates.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from securetrain.crypto import aead
-from securetrain.crypto.keys import fingerprint, public_key_of
+from securetrain.crypto import aead, hybrid
+from securetrain.crypto.keys import fingerprint, load_encryption_public_key, public_key_of
 from securetrain.crypto.providers import KeyProvider
 from securetrain.crypto.signing import sign_directory, verify_directory
 from securetrain.data.dataset import TabularData
-from securetrain.errors import DataError, DecryptionError, IntegrityError
+from securetrain.errors import ConfigError, DataError, DecryptionError, IntegrityError
 
 FORMAT = "securetrain.sealed/v1"
 HEADER = "header.json"
@@ -95,6 +97,15 @@ class Header:
     def rows(self) -> int:
         return int(self.doc["rows"])
 
+    @property
+    def recipient(self) -> str | None:
+        """The fingerprint of the encryption key the data key is wrapped to, or ``None`` when
+        it is wrapped by the sealer's own master key."""
+        wrapping = self.doc.get("key_wrapping")
+        if isinstance(wrapping, dict) and "scheme" in wrapping:
+            return str(wrapping.get("recipient"))
+        return None
+
 
 def read_header(path: Path) -> Header:
     if not path.exists():
@@ -116,7 +127,8 @@ def seal_table(
     table: pa.Table,
     out: Path,
     *,
-    keys: KeyProvider,
+    keys: KeyProvider | None = None,
+    recipient: Path | None = None,
     signing_key: Path,
     signing_passphrase: str | None = None,
     label: str | None = None,
@@ -126,6 +138,8 @@ def seal_table(
 ) -> Header:
     """Encrypt ``table`` into a sealed dataset at ``out`` and sign it; atomic.
 
+    The data key is wrapped by ``keys``' master key (sealing for oneself) or to the X25519
+    public key in the file ``recipient`` (sealing for the service); exactly one is given.
     ``declared_schema`` is the data owner's public knowledge about the columns (bounds,
     categories, classes); it travels in the signed header for training to use."""
     if out.exists():
@@ -140,7 +154,17 @@ def seal_table(
         )
     if table.num_rows == 0:
         raise DataError("The table has no rows.")
-    master = keys.master_key()
+    if (keys is None) == (recipient is None):
+        raise ConfigError(
+            "Seal either for yourself (a key set's master key) or for a recipient's public "
+            f"encryption key, not both or neither. Found keys={keys is not None}, "
+            f"recipient={recipient is not None}."
+        )
+    if recipient is not None:
+        wrap_key: bytes | X25519PublicKey = load_encryption_public_key(recipient)
+    else:
+        assert keys is not None
+        wrap_key = keys.master_key()
     signer = fingerprint(public_key_of(signing_key, signing_passphrase))
     if rows_per_chunk is None:
         per_row = max(1, table.nbytes // max(1, table.num_rows))
@@ -164,12 +188,7 @@ def seal_table(
             "encoding": "arrow-ipc-stream",
         },
         "cipher": aead.CIPHER,
-        "key_wrapping": {
-            "cipher": aead.CIPHER,
-            "wrapped_data_key": base64.b64encode(
-                aead.encrypt(master, data_key, _DEK_AAD + dataset_id.encode())
-            ).decode(),
-        },
+        "key_wrapping": _wrap_data_key(wrap_key, data_key, _DEK_AAD + dataset_id.encode()),
         "signer": signer,
         "declared_schema": declared_schema,
     }
@@ -199,7 +218,8 @@ def seal_dataset(
     data: TabularData,
     out: Path,
     *,
-    keys: KeyProvider,
+    keys: KeyProvider | None = None,
+    recipient: Path | None = None,
     signing_key: Path,
     passphrase: str | None = None,
 ) -> Header:
@@ -208,6 +228,7 @@ def seal_dataset(
         data.to_table(),
         out,
         keys=keys,
+        recipient=recipient,
         signing_key=signing_key,
         signing_passphrase=passphrase,
         label=data.label_name,
@@ -223,12 +244,29 @@ def verify_sealed(path: Path, public_key: Path) -> Header:
     return header
 
 
+def _wrap_data_key(
+    wrap_key: bytes | X25519PublicKey, data_key: bytes, context: bytes
+) -> dict[str, str]:
+    if isinstance(wrap_key, bytes):
+        wrapped = aead.encrypt(wrap_key, data_key, context)
+        return {"cipher": aead.CIPHER, "wrapped_data_key": base64.b64encode(wrapped).decode()}
+    return hybrid.wrap(wrap_key, data_key, context).to_json()
+
+
 def _data_key(path: Path, header: Header, keys: KeyProvider) -> bytes:
+    context = _DEK_AAD + header.dataset_id.encode()
     try:
-        wrapped = base64.b64decode(header.doc["key_wrapping"]["wrapped_data_key"], validate=True)
+        doc = header.doc["key_wrapping"]
+        wrapped = (
+            hybrid.Wrapped.from_json(doc)
+            if "scheme" in doc
+            else base64.b64decode(doc["wrapped_data_key"], validate=True)
+        )
     except (KeyError, TypeError, ValueError):
         raise IntegrityError(f"header of {str(path)!r} is damaged") from None
-    return aead.decrypt(keys.master_key(), wrapped, _DEK_AAD + header.dataset_id.encode())
+    if isinstance(wrapped, hybrid.Wrapped):
+        return hybrid.unwrap(keys.encryption_key(), wrapped, context)
+    return aead.decrypt(keys.master_key(), wrapped, context)
 
 
 def check_key(path: Path, keys: KeyProvider) -> None:
