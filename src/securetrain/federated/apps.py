@@ -1,5 +1,10 @@
 """The Flower apps: a ClientApp whose training step is the site's DP-SGD, and a ServerApp with
-FedAvg, SecAgg+, client-level DP (server-side clipping, uniform weights) or robust aggregation."""
+FedAvg, SecAgg+, client-level DP (server-side clipping, uniform weights) or robust aggregation.
+
+Every mode bounds what one site can do to the global model: a site's reported example count is
+never a weight (uniform weights), and its update (its weights less the round's global weights)
+is at most ``client_clip`` in L2 norm, clipped by the server where it sees each update, and by
+the site before masking under SecAgg+, where the server checks the unmasked sum instead."""
 
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import (
     ConfigRecord,
     Context,
+    EvaluateIns,
+    EvaluateRes,
     FitIns,
     FitRes,
     Parameters,
@@ -39,12 +46,17 @@ from securetrain.bundle.card import Architecture
 from securetrain.engine.noise import gaussian_noise, make_generator
 from securetrain.errors import ConfigError
 from securetrain.federated.config import FederatedConfig
-from securetrain.federated.sites import Site, local_round
+from securetrain.federated.sites import Site, clip_update, local_round
 from securetrain.train.models import build_model
 
 TRIM_FRACTION = 0.2
 ROUNDS_STATE = "securetrain.rounds"
 CLIENT_NOISE_SEED = 7_919
+SITE_WEIGHT = 1  # what every site reports as its example count: weights are uniform
+# SecAgg+ quantisation (Flower's defaults): each value of each site's weights is clipped to
+# [-QUANTISATION_RANGE, QUANTISATION_RANGE] and mapped to QUANTISATION_LEVELS integers.
+QUANTISATION_RANGE = 8.0
+QUANTISATION_LEVELS = 2**22
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +129,10 @@ class SiteClient(NumPyClient):
             attack=self.config.attack,
             lr=self.lr,
             max_grad_norm=self.clip,
+            update_bound=self.config.client_clip,
             seed=seed,
         )
-        # FedAvg weights sites by their noisy row counts: the exact count is never sent.
-        return weights, int(round(self.site.n_noisy)), {}
+        return weights, SITE_WEIGHT, {}
 
 
 def client_app(
@@ -138,9 +150,11 @@ def strategy_for(
     initial: list[np.ndarray] | None,
     on_fit_metrics: Callable[[list[tuple[int, dict]]], dict[str, Any]] | None = None,
 ) -> Strategy:
-    """The aggregation rule. Every site takes part in every round, and a round in which any
-    site fails fails the run (no silent aggregation over fewer sites). Without ``initial``
-    weights, Flower asks one site for its freshly initialised model."""
+    """The aggregation rule (``config.aggregation``) behind :class:`BoundedUpdates`, or
+    :class:`ClientLevelDP`, which bounds the updates itself. Every site takes part in every
+    round, and a round in which any site fails fails the run (no silent aggregation over fewer
+    sites). Without ``initial`` weights, Flower asks one site for its freshly initialised
+    model."""
     common = dict(
         fraction_fit=1.0,
         fraction_evaluate=0.0,
@@ -160,13 +174,132 @@ def strategy_for(
             seed=seed,
             **common,
         )
-    if config.aggregator == "krum":
-        return Krum(num_malicious_clients=config.malicious, **common)
-    if config.aggregator == "median":
-        return FedMedian(**common)
-    if config.aggregator == "trimmed-mean":
-        return FedTrimmedAvg(beta=TRIM_FRACTION, **common)
-    return FedAvg(**common)
+    inner: Strategy
+    if config.aggregation == "krum":
+        inner = Krum(num_malicious_clients=config.malicious, **common)
+    elif config.aggregation == "median":
+        inner = FedMedian(**common)
+    elif config.aggregation == "trimmed-mean":
+        inner = FedTrimmedAvg(beta=TRIM_FRACTION, **common)
+    else:
+        inner = FedAvg(**common)
+    return BoundedUpdates(inner, bound=config.client_clip, sites=config.sites, secagg=config.secagg)
+
+
+def _norm(arrays: list[np.ndarray]) -> float:
+    return math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays))
+
+
+def quantisation_slack(values: int) -> float:
+    """The most SecAgg+ quantisation can add to the L2 norm of the unmasked mean: one
+    quantisation step per value."""
+    return math.sqrt(values) * 2 * QUANTISATION_RANGE / QUANTISATION_LEVELS
+
+
+class BoundedUpdates(Strategy):
+    """``inner`` over bounded updates with uniform weights. Without SecAgg+, each site's update
+    is clipped to L2 norm ``bound`` and its reported example count replaced by 1 before ``inner``
+    aggregates. Under SecAgg+ the server receives only the mean of the updates the sites
+    bounded before masking: their sum (the mean times ``sites``) must be within ``sites *
+    bound`` (plus the quantisation's slack), else the round is rejected and the global model
+    stays where it was."""
+
+    def __init__(self, inner: Strategy, *, bound: float, sites: int, secagg: bool) -> None:
+        self.inner, self.bound, self.sites, self.secagg = inner, bound, sites, secagg
+        self.current: list[np.ndarray] | None = None
+        self.rejected: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"BoundedUpdates({self.inner!r}, bound={self.bound}, secagg={self.secagg})"
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        self.current = parameters_to_ndarrays(parameters)
+        return self.inner.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        if failures or not results:
+            return None, {}
+        assert self.current is not None
+        base = [np.asarray(w, dtype=np.float64) for w in self.current]
+        if self.secagg:
+            sent = [self._checked_mean(server_round, results[0][1], base)] * len(results)
+        else:
+            sent = [self._clipped(res, base) for _, res in results]
+        return self.inner.aggregate_fit(
+            server_round,
+            [
+                (proxy, FitRes(res.status, parameters, SITE_WEIGHT, res.metrics))
+                for (proxy, res), parameters in zip(results, sent, strict=True)
+            ],
+            failures,
+        )
+
+    def _clipped(self, res: FitRes, base: list[np.ndarray]) -> Parameters:
+        update = [
+            np.asarray(w, dtype=np.float64) - g
+            for w, g in zip(parameters_to_ndarrays(res.parameters), base, strict=True)
+        ]
+        return self._parameters(base, clip_update(update, self.bound))
+
+    def _checked_mean(
+        self, server_round: int, res: FitRes, base: list[np.ndarray]
+    ) -> Parameters:
+        """SecAgg+ gives every result the unmasked mean: keep it if the sum is within bounds."""
+        mean = [
+            np.asarray(w, dtype=np.float64) - g
+            for w, g in zip(parameters_to_ndarrays(res.parameters), base, strict=True)
+        ]
+        total = self.sites * _norm(mean)
+        limit = self.sites * (self.bound + quantisation_slack(sum(g.size for g in base)))
+        if total <= limit:
+            return res.parameters
+        log.error(
+            "round %d rejected: the sum of the sites' updates has L2 norm %.6g, above %d sites x "
+            "bound %g; the global model is kept",
+            server_round,
+            total,
+            self.sites,
+            self.bound,
+        )
+        self.rejected.append(server_round)
+        return self._parameters(base, [np.zeros_like(g) for g in base])
+
+    def _parameters(self, base: list[np.ndarray], update: list[np.ndarray]) -> Parameters:
+        assert self.current is not None
+        return ndarrays_to_parameters(
+            [
+                (g + u).astype(w.dtype)
+                for g, u, w in zip(base, update, self.current, strict=True)
+            ]
+        )
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return self.inner.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        return self.inner.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        return self.inner.evaluate(server_round, parameters)
 
 
 class ClientLevelDP(FedAvg):
@@ -219,10 +352,8 @@ class ClientLevelDP(FedAvg):
                 np.asarray(w, dtype=np.float64) - g
                 for w, g in zip(parameters_to_ndarrays(res.parameters), base, strict=True)
             ]
-            norm = math.sqrt(sum(float(np.sum(u * u)) for u in update))
-            scale = min(1.0, self.clip / norm) if norm > 0 else 1.0
-            for t, u in zip(total, update, strict=True):
-                t += scale * u
+            for t, u in zip(total, clip_update(update, self.clip), strict=True):
+                t += u
         std = self.noise_multiplier * self.clip
         aggregated = [
             g + (t + gaussian_noise(torch.from_numpy(t), std, self.generator).numpy()) / self.sites
@@ -240,11 +371,16 @@ class ClientLevelDP(FedAvg):
 
 def fit_workflow(config: FederatedConfig) -> SecAggPlusWorkflow | None:
     """SecAgg+ when asked (every site shares its masks with all others; any one may drop out),
-    else Flower's default fit workflow."""
+    else Flower's default fit workflow. Every site's weight is ``SITE_WEIGHT``, the largest
+    SecAgg+ expects, so the quantisation keeps its full precision."""
     if not config.secagg:
         return None
     return SecAggPlusWorkflow(
-        num_shares=config.sites, reconstruction_threshold=max(2, config.sites - 1)
+        num_shares=config.sites,
+        reconstruction_threshold=max(2, config.sites - 1),
+        max_weight=float(SITE_WEIGHT),
+        clipping_range=QUANTISATION_RANGE,
+        quantization_range=QUANTISATION_LEVELS,
     )
 
 

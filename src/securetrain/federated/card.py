@@ -10,6 +10,7 @@ import torch
 
 from securetrain.bundle import ModelCard, Signer
 from securetrain.bundle.card import Architecture, DataSection, ModelSection, PrivacySection
+from securetrain.crypto.keystream import rng_description
 from securetrain.data.preprocess import Preprocessor
 from securetrain.federated.config import FederatedConfig
 from securetrain.privacy import GaussianEvent, compute_epsilon, events_to_json
@@ -40,6 +41,26 @@ def client_level_dp(config: FederatedConfig) -> dict[str, Any] | None:
         "epsilon": compute_epsilon(events, delta=config.delta),
         "delta": config.delta,
     }
+
+
+def update_bound(config: FederatedConfig) -> dict[str, Any]:
+    """How one site's influence on each round is bounded (``apps.BoundedUpdates``,
+    ``apps.ClientLevelDP``)."""
+    if config.secagg:
+        where = (
+            "each site clips its update before masking; the server rejects a round whose "
+            f"unmasked sum exceeds {config.sites} x {config.client_clip:g}"
+        )
+    else:
+        where = "the server clips each site's update before aggregating"
+    return {"norm": config.client_clip, "enforced": where, "weights": "uniform"}
+
+
+def generators(config: FederatedConfig) -> str:
+    """Which generators drew the sites' and the server's sampling and noise, in words."""
+    if config.seed is None:
+        return f"{rng_description(None)}, at each site and at the server"
+    return f"{rng_description(config.seed)}, one key per site, round and stream"
 
 
 def federated_card(
@@ -78,6 +99,7 @@ def federated_card(
             max_grad_norm=clip,
             sampling="poisson",
             secure_rng=config.seed is None,
+            rng=generators(config),
             preprocessing_epsilon_share=None,
             events=worst["events"],
             warning=None,
@@ -104,7 +126,8 @@ def federated_card(
             "sites": config.sites,
             "rounds": config.rounds,
             "partition": config.partition if mode == "simulation" else "each site's own data",
-            "aggregator": config.aggregator,
+            "aggregator": config.aggregation,
+            "update_bound": update_bound(config),
             "secure_aggregation": "SecAgg+" if config.secagg else None,
             "client_level_dp": client_level_dp(config),
             "attack": None

@@ -11,8 +11,11 @@ from pydantic import BaseModel, ConfigDict
 
 from securetrain.errors import ConfigError
 
-AGGREGATORS = ("fedavg", "krum", "median", "trimmed-mean")
+AGGREGATORS = ("auto", "fedavg", "krum", "median", "trimmed-mean")
 ROBUST = ("krum", "median", "trimmed-mean")
+# What "auto" aggregates with: the coordinate-wise median where the server sees each update
+# (one site of three cannot move it outside the others' range), else uniform FedAvg.
+DEFAULT_ROBUST = "median"
 ATTACKS = ("none", "label-flip", "sign-flip", "scaling")
 CLIENT_DP = ("none", "fixed")
 TOTAL_LOCAL_EPOCHS = 10
@@ -48,7 +51,7 @@ class FederatedConfig(BaseModel):
     rounds: int = 3
     partition: str = "iid"
     secagg: bool = False
-    aggregator: str = "fedavg"
+    aggregator: str = "auto"
     attack: str = "none"
     malicious: int = 0
     epsilon: float = 2.0
@@ -60,7 +63,7 @@ class FederatedConfig(BaseModel):
     max_grad_norm: float | None = None
     client_dp: str = "none"
     client_noise: float = 0.0
-    client_clip: float = 1.0
+    client_clip: float = 1.0  # L2 bound of each site's update per round, in every mode
     out: Path | None = None
     key_dir: Path | None = None
     passphrase_env: str | None = None
@@ -83,6 +86,14 @@ class FederatedConfig(BaseModel):
     def site_clip(self) -> float:
         """Per-sample clipping bound at the sites."""
         return self.max_grad_norm or (0.2 if self.model == "logreg" else 1.0)
+
+    @property
+    def aggregation(self) -> str:
+        """The aggregator that runs: as given, or for ``auto`` the median when the server sees
+        each site's update, FedAvg (uniform weights) under SecAgg+ or client-level DP."""
+        if self.aggregator != "auto":
+            return self.aggregator
+        return "fedavg" if self.secagg or self.client_dp != "none" else DEFAULT_ROBUST
 
     def site_settings(self) -> str:
         """The settings a site receives, as JSON."""
@@ -137,7 +148,7 @@ class FederatedConfig(BaseModel):
                 "Client-level DP by server-side clipping needs each site's update, which --secagg "
                 "hides from the server: they cannot be combined."
             )
-        if self.client_dp != "none" and self.aggregator != "fedavg":
+        if self.client_dp != "none" and self.aggregation != "fedavg":
             raise ConfigError(
                 f"Client-level DP works with --aggregator fedavg. Found {self.aggregator!r}."
             )
@@ -149,7 +160,7 @@ class FederatedConfig(BaseModel):
             raise ConfigError("--malicious needs an --attack (label-flip, sign-flip or scaling).")
         if self.attack != "none" and not self.malicious:
             raise ConfigError(f"--attack {self.attack} needs --malicious K with K >= 1.")
-        if self.aggregator == "krum" and self.sites < 2 * self.malicious + 3:
+        if self.aggregation == "krum" and self.sites < 2 * self.malicious + 3:
             raise ConfigError(
                 f"Krum tolerates K malicious sites only with at least 2K + 3 sites. Found "
                 f"{self.sites} sites and K = {self.malicious}."

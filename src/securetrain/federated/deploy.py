@@ -10,7 +10,6 @@ count, its privacy loss and the (public) declared transform.
 from __future__ import annotations
 
 import json
-import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,12 @@ from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
+from securetrain.crypto.keystream import make_keystream
 from securetrain.data import TabularData
 from securetrain.data.preprocess import declared_preprocessor
 from securetrain.errors import ConfigError
 from securetrain.federated.apps import (
+    SITE_WEIGHT,
     admit_round,
     fit_workflow,
     get_weights,
@@ -124,7 +125,7 @@ class DeployedSite(NumPyClient):
             self.site.y[:0],
             self.settings,
             batch_size=self.settings.batch_size,
-            rng=np.random.default_rng(secrets.randbits(128)),
+            rng=make_keystream(),
             n_noisy=None if state is None else float(state["n_noisy"]),
         )
         if state is not None:
@@ -159,6 +160,7 @@ class DeployedSite(NumPyClient):
             attack="none",
             lr=self.settings.site_lr,
             max_grad_norm=self.settings.site_clip,
+            update_bound=self.settings.client_clip,
             seed=None,
         )
         summary = {k: v for k, v in site.summary().items() if k not in ("site", "malicious")}
@@ -183,7 +185,7 @@ class DeployedSite(NumPyClient):
                 details={"federated_rounds": self.settings.rounds},
             )
             self.context.state.config_records[SITE_STATE]["final_epsilon"] = site.epsilon
-        return weights, int(round(site.n_noisy)), {REPORT: json.dumps(report)}
+        return weights, SITE_WEIGHT, {REPORT: json.dumps(report)}
 
 
 def _secagg_when_asked(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]

@@ -16,13 +16,14 @@ from torch import nn
 
 from securetrain.bundle import ModelCard, write_bundle
 from securetrain.bundle.card import DataSection
+from securetrain.crypto.keystream import make_keystream
 from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import TabularData, split_mask
 from securetrain.data.preprocess import Preprocessor, declared_preprocessor
 from securetrain.errors import ConfigError, SecureTrainError
 from securetrain.federated.card import federated_card
 from securetrain.federated.config import FederatedConfig
-from securetrain.federated.sites import Site, partition, plan_site, site_plan
+from securetrain.federated.sites import Site, count_event, partition, plan_site, site_plan
 from securetrain.outputs import check_new_dir
 from securetrain.privacy import (
     DPSGDPlan,
@@ -33,13 +34,18 @@ from securetrain.privacy import (
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import Header, check_key, is_sealed
 from securetrain.store import Store, ledger
-from securetrain.train import TrainConfig, evaluate
+from securetrain.train import TrainConfig
+from securetrain.train.metrics import dp_metrics, predict_proba
 from securetrain.train.models import architecture_for, build_model
 from securetrain.train.run import load_data
 from securetrain.train.sealed_run import open_verified, verified_header
 from securetrain.train.trainer import ResolvedKeys, resolve_keys
 
 TEST_FRACTION = 0.3
+METRICS_NOTE = (
+    "the global model on the pooled held-out rows of all sites (a simulation), from one Gaussian "
+    "release at the sites' count noise multiplier, which is one of privacy.events"
+)
 
 
 @dataclass
@@ -69,7 +75,8 @@ def _reserve_dataset(
     """Verify the sealed dataset and the key and reserve the run on the dataset's own budget,
     from the header alone (nothing is decrypted). The sites hold disjoint rows, so one record
     meets one site's mechanism only (parallel composition): the charge is the events of one
-    site, planned for the expected site size, and every site is held to them."""
+    site (its count, the held-out metrics and its DP-SGD), planned for the expected site size,
+    and every site is held to them."""
     if config.site_budget is not None:
         raise ConfigError(
             "--site-budget sets simulated sites' budgets; a sealed dataset is charged to its own "
@@ -83,6 +90,7 @@ def _reserve_dataset(
         config,
         max(1.0, header.rows * (1 - TEST_FRACTION) / config.sites),
         batch_size=config.batch_size,
+        held_out_metrics=True,
     )
     run_id = ledger.reserve(
         store,
@@ -136,6 +144,7 @@ def _sites(
     x, y = x[known], y[known]
     split_seed = secrets.token_hex(16) if config.seed is None else f"seed-{config.seed}"
     test = split_mask(data, seed=split_seed, test_fraction=TEST_FRACTION)[known]
+    counts = make_keystream(config.seed, stream="site-counts")
     sites = []
     for i, rows in enumerate(partition(y, config.sites, config.dirichlet_alpha, rng)):
         train_rows, test_rows = rows[~test[rows]], rows[test[rows]]
@@ -147,7 +156,8 @@ def _sites(
             y[test_rows],
             config,
             batch_size=config.batch_size,
-            rng=rng,
+            rng=counts,
+            held_out_metrics=True,
         )
         sites.append(site if charge is None else _held_to(site, charge))
     return sites, split_seed
@@ -285,10 +295,12 @@ def _simulate(
     model.eval()
     x_test = np.concatenate([s.x_test for s in sites])
     y_test = np.concatenate([s.y_test for s in sites])
-    metrics = evaluate(model, x_test, y_test, len(pre.label.classes))
-    metrics["note"] = (
-        "the global model on the pooled held-out rows of all sites (a simulation); not covered "
-        "by the DP guarantee"
+    metrics = dp_metrics(
+        predict_proba(model, x_test),
+        y_test,
+        len(pre.label.classes),
+        sigma=count_event(config, held_out_metrics=True).noise_multiplier,
+        rng=make_keystream(config.seed, stream="metrics"),
     )
     card = federated_card(
         config=config,
@@ -310,7 +322,7 @@ def _simulate(
                 "seed": split_seed,
             },
         ),
-        metrics=metrics,
+        metrics={**metrics, "note": METRICS_NOTE},
         site_reports=[{**s.summary(), "events": events_to_json(s.events)} for s in sites],
         signer=keys.signer,
         mode="simulation",

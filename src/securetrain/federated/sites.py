@@ -3,12 +3,14 @@ DP per site), and one round of local training, honest or malicious."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from securetrain.crypto.keystream import Keystream, check_keystream
 from securetrain.errors import DataError
 from securetrain.federated.config import FederatedConfig
 from securetrain.privacy import (
@@ -21,7 +23,7 @@ from securetrain.privacy import (
 from securetrain.train.config import Hyperparameters
 from securetrain.train.trainer import DPPlan, fit
 
-COUNT_SHARE = 0.1  # of each site's ε, spent on its noisy row count
+COUNT_SHARE = 0.1  # of each site's ε, spent on its noisy row count (and held-out metrics)
 MIN_SITE_ROWS = 10
 SIGN_FLIP_FACTOR = -5.0
 SCALING_FACTOR = 10.0
@@ -74,14 +76,20 @@ class Site:
         }
 
 
-def count_event(config: FederatedConfig) -> GaussianEvent:
-    """A site's noisy row count: the Gaussian release spending ``COUNT_SHARE`` of its ε."""
-    return GaussianEvent(calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta), 1)
+def count_event(config: FederatedConfig, *, held_out_metrics: bool = False) -> GaussianEvent:
+    """A site's Gaussian releases besides DP-SGD, spending ``COUNT_SHARE`` of its ε in all: its
+    noisy row count and, in a simulation (``held_out_metrics``), the card's DP metrics on the
+    pooled held-out rows, at the same noise multiplier."""
+    releases = 2 if held_out_metrics else 1
+    sigma = calibrate_gaussian(COUNT_SHARE * config.epsilon, config.delta, count=releases)
+    return GaussianEvent(sigma, releases)
 
 
-def site_plan(config: FederatedConfig, n: float, *, batch_size: int | None) -> DPSGDPlan:
-    """What a site of about ``n`` rows runs: its noisy row count, then DP-SGD over all
-    rounds, both within ε at δ (the planner)."""
+def site_plan(
+    config: FederatedConfig, n: float, *, batch_size: int | None, held_out_metrics: bool = False
+) -> DPSGDPlan:
+    """What a site of about ``n`` rows runs: its noisy row count (and the held-out metrics),
+    then DP-SGD over all rounds, all within ε at δ (the planner)."""
     return plan_dp_sgd(
         epsilon=config.epsilon,
         n=n,
@@ -89,7 +97,7 @@ def site_plan(config: FederatedConfig, n: float, *, batch_size: int | None) -> D
         deltas=plan_deltas(n=n, delta=config.delta, selection=False),
         batch_size=batch_size,
         rounds=config.rounds,
-        fixed_events=[count_event(config)],
+        fixed_events=[count_event(config, held_out_metrics=held_out_metrics)],
     )
 
 
@@ -102,22 +110,25 @@ def plan_site(
     config: FederatedConfig,
     *,
     batch_size: int | None,
-    rng: np.random.Generator,
+    rng: Keystream,
     n_noisy: float | None = None,
+    held_out_metrics: bool = False,
 ) -> Site:
-    """The site's DP-SGD over all rounds, from the one planner: a noisy row count (10% of its
-    ε), then Poisson-sampled steps with noise calibrated so that both compose to the site's ε at
-    δ (PLD). A site that
-    already released its noisy count (``n_noisy``, in an earlier round) reuses it."""
+    """The site's DP-SGD over all rounds, from the one planner: a noisy row count (drawn from
+    ``rng``, the keystream) and, in a simulation, the held-out metrics (10% of its ε together),
+    then Poisson-sampled steps with noise calibrated so that all compose to the site's ε at δ
+    (PLD). A site that already released its noisy count (``n_noisy``, in an earlier round)
+    reuses it."""
     if len(y_train) < MIN_SITE_ROWS:
         raise DataError(
             f"Site {index} has {len(y_train)} training rows; each needs at least {MIN_SITE_ROWS} "
             "(use fewer sites, or a larger Dirichlet alpha)."
         )
+    check_keystream(rng)
     if n_noisy is None:
-        sigma_count = count_event(config).noise_multiplier
-        n_noisy = max(1.0, len(y_train) + float(rng.normal(0, sigma_count)))
-    plan = site_plan(config, n_noisy, batch_size=batch_size)
+        sigma = count_event(config, held_out_metrics=held_out_metrics).noise_multiplier
+        n_noisy = max(1.0, len(y_train) + float(rng.gaussian(sigma, 1)[0]))
+    plan = site_plan(config, n_noisy, batch_size=batch_size, held_out_metrics=held_out_metrics)
     return Site(
         index=index,
         x_train=x_train,
@@ -143,10 +154,13 @@ def local_round(
     attack: str,
     lr: float,
     max_grad_norm: float,
+    update_bound: float,
     seed: int | None,
 ) -> list[np.ndarray]:
     """One round at the site: DP-SGD from the global weights already in ``model``; returns the
-    weights to send. A malicious site flips its labels, or flips or scales its update."""
+    weights to send, their update clipped to L2 norm ``update_bound`` (under SecAgg+ the server
+    can only check the sum). A malicious site flips its labels, or flips or scales its update
+    (and sends it unclipped)."""
     start = [p.detach().clone() for p in model.state_dict().values()]
     x, y = torch.from_numpy(site.x_train), torch.from_numpy(site.y_train)
     if site.malicious and attack == "label-flip":
@@ -167,8 +181,23 @@ def local_round(
         accounting_delta=site.delta,
     )
     fit(model, x, y, hp=hp, dp=dp, seed=seed)
-    weights = [p.detach() for p in model.state_dict().values()]
-    if site.malicious and attack in ("sign-flip", "scaling"):
+    update = [
+        (w.detach().double() - s.double()).cpu().numpy()
+        for s, w in zip(start, model.state_dict().values(), strict=True)
+    ]
+    if not site.malicious:
+        update = clip_update(update, update_bound)
+    elif attack in ("sign-flip", "scaling"):
         factor = SIGN_FLIP_FACTOR if attack == "sign-flip" else SCALING_FACTOR
-        weights = [s + factor * (w - s) for s, w in zip(start, weights, strict=True)]
-    return [w.cpu().numpy().astype(np.float32) for w in weights]
+        update = [factor * u for u in update]
+    return [
+        (s.double().cpu().numpy() + u).astype(np.float32)
+        for s, u in zip(start, update, strict=True)
+    ]
+
+
+def clip_update(update: list[np.ndarray], bound: float) -> list[np.ndarray]:
+    """``update`` scaled down to L2 norm ``bound`` (over all its arrays) if it is longer."""
+    norm = math.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update))
+    scale = min(1.0, bound / norm) if norm > 0 else 1.0
+    return [np.asarray(u, dtype=np.float64) * scale for u in update]
