@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import functools
 import getpass
 import hashlib
 import json
@@ -127,8 +128,8 @@ def audit_key_of(store: Store) -> AuditKey:
     return _BOUND.get(store.url) or AuditKey.from_environment()
 
 
-def _sqlite_directory(store: Store) -> Path | None:
-    database = make_url(store.url).database if store.is_sqlite else None
+def _sqlite_directory(url: str) -> Path | None:
+    database = make_url(url).database if url.startswith("sqlite") else None
     return Path(database).resolve().parent if database and database != ":memory:" else None
 
 
@@ -153,7 +154,7 @@ def _signer(store: Store) -> _Signer:
             return signer
         paths = KeySetPaths(key.root)
         if not paths.signing_key.exists():
-            db_dir = _sqlite_directory(store)
+            db_dir = _sqlite_directory(store.url)
             if db_dir is not None and key.root.resolve().is_relative_to(db_dir):
                 raise ConfigError(
                     f"Refusing to create the audit key in the database's directory "
@@ -174,11 +175,16 @@ def _signer(store: Store) -> _Signer:
 
 
 def _store_name(store: Store) -> str:
-    """The store's URL without its password (SQLite: the absolute path)."""
-    db_dir = _sqlite_directory(store)
+    return _name_of(store.url)
+
+
+@functools.lru_cache(maxsize=64)
+def _name_of(url: str) -> str:
+    """A store's URL without its password (SQLite: the absolute path)."""
+    db_dir = _sqlite_directory(url)
     if db_dir is not None:
-        return f"sqlite:///{db_dir / Path(str(make_url(store.url).database)).name}"
-    return make_url(store.url).render_as_string(hide_password=True)
+        return f"sqlite:///{db_dir / Path(str(make_url(url).database)).name}"
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _head_file(heads: Path, store: Store) -> Path:
