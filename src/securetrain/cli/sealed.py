@@ -41,9 +41,16 @@ def seal_command(
             help="JSON file of public bounds/categories/classes, kept in the signed header."
         ),
     ] = None,
+    recipient: Annotated[
+        Path | None,
+        typer.Option(
+            help="Seal for the holder of this public encryption key (the service's, from "
+            "`keys export-public`) instead of for your own master key."
+        ),
+    ] = None,
     passphrase_env: PassphraseOption = None,
 ) -> None:
-    """Encrypt a table (AES-256-GCM chunks, envelope keys) and sign its manifest."""
+    """Encrypt a table (AES-256-GCM chunks, envelope keys) and sign its manifest with your key."""
     passphrase = passphrase_from_env(passphrase_env)
     declared = Schema.load(schema).to_json() if schema else None
     table = load_table(data)
@@ -51,7 +58,8 @@ def seal_command(
     header = seal_table(
         table,
         out,
-        keys=provider_for_keydir(key, passphrase),
+        keys=None if recipient else provider_for_keydir(key, passphrase),
+        recipient=recipient,
         signing_key=paths.signing_key,
         signing_passphrase=passphrase,
         label=label,
@@ -66,11 +74,13 @@ def seal_command(
             "rows": header.rows,
             "chunks": header.chunks,
             "signer": header.doc["signer"],
+            "recipient": header.recipient,
         },
     )
     console.print(
         f"sealed {header.rows} rows in {header.chunks} chunk(s) into {escape(str(out))}\n"
         f"dataset id {header.dataset_id}, signed by {header.doc['signer']}"
+        + (f", for recipient {header.recipient}" if header.recipient else "")
     )
 
 
@@ -86,9 +96,13 @@ def inspect_command(
     console.print(f"label:        {escape(str(header.label))}")
     chunking = doc["chunking"]
     console.print(f"chunks:       {chunking['chunks']} x up to {chunking['rows_per_chunk']} rows")
+    wrapping = doc["key_wrapping"]
     console.print(
-        f"cipher:       {doc['cipher']} (data key wrapped with {doc['key_wrapping']['cipher']})"
+        f"cipher:       {doc['cipher']} (data key wrapped with "
+        f"{wrapping.get('scheme', wrapping['cipher'] + ' under the master key')})"
     )
+    if header.recipient:
+        console.print(f"recipient:    {header.recipient}")
     console.print(
         f"signer:       {doc.get('signer')} (signature hint {signature_key_hint(path, SEALED_SIGNATURE)})"
     )
