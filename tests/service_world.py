@@ -1,6 +1,7 @@
-"""A team service with real data, keys and accounts, for the service tests: two owners with a
-sealed dataset each, two analysts, an auditor and an admin; and a sealed dataset with a bad
-label column, for jobs that fail after decryption."""
+"""A team service with real data, keys and accounts, for the service tests: two owners, each with
+their own key set (signing key bound to their account) and a dataset sealed for the service's
+public encryption key, two analysts, an auditor and an admin; and alice's sealed dataset with a
+bad label column, for jobs that fail after decryption."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from securetrain.crypto.keys import generate_keyset
-from securetrain.crypto.providers import provider_for_keydir
 from securetrain.data import load_builtin
 from securetrain.sealed import seal_dataset, seal_table
-from securetrain.service import auth
+from securetrain.service import auth, registry
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store
 
@@ -39,16 +39,16 @@ class World:
 
 
 def build_world(root: Path, store_url: str) -> World:
-    keys = generate_keyset(root / "service-keys")
+    service = generate_keyset(root / "service-keys")
+    owners = {o: generate_keyset(root / f"{o}-keys") for o in ("alice", "oscar")}
     data_dir = root / "data"
     data_dir.mkdir()
-    provider = provider_for_keydir(root / "service-keys")
-    for name in ("ward-a.sealed", "ward-b.sealed"):
+    for name, owner in (("ward-a.sealed", "alice"), ("ward-b.sealed", "oscar")):
         seal_dataset(
             load_builtin("breast-cancer"),
             data_dir / name,
-            keys=provider,
-            signing_key=keys.signing_key,
+            recipient=service.encryption_public_key,
+            signing_key=owners[owner].signing_key,
         )
     (data_dir / "notes.txt").write_text("not a sealed dataset\n")
     data = load_builtin("breast-cancer")
@@ -60,8 +60,8 @@ def build_world(root: Path, store_url: str) -> World:
             table.column_names.index(data.label_name), data.label_name, pa.array(labels)
         ),
         data_dir / BAD_LABELS,
-        keys=provider,
-        signing_key=keys.signing_key,
+        recipient=service.encryption_public_key,
+        signing_key=owners["alice"].signing_key,
         label=data.label_name,
         declared_schema=data.schema.to_json(),
     )
@@ -74,4 +74,7 @@ def build_world(root: Path, store_url: str) -> World:
     store = settings.open_store()
     for name, role in ROLES.items():
         auth.add_user(store, name, role, PASSWORD)
+    for owner, keys in owners.items():
+        pem = keys.public_key.read_bytes()
+        registry.bind_owner_key(store, settings, owner, pem, actor="adam")
     return World(root, settings, store)

@@ -37,6 +37,7 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/v1/users"): {"admin"},
     ("POST", "/api/v1/users"): {"admin"},
     ("DELETE", "/api/v1/users/{name}"): {"admin"},
+    ("PUT", "/api/v1/users/{name}/signing-key"): {"admin"},
     ("GET", "/api/v1/datasets"): READERS,
     ("POST", "/api/v1/datasets"): {"owner"},
     ("GET", "/api/v1/datasets/{dataset_id}"): READERS,
@@ -63,6 +64,7 @@ USER_OF_ROLE = {"owner": "alice", "analyst": "ana", "auditor": "audrey", "admin"
 BODIES = {
     "/api/v1/tokens": {"label": "x"},
     "/api/v1/users": {"name": "zed", "role": "auditor", "password": "p" * 12},
+    "/api/v1/users/{name}/signing-key": {"public_key": "not a key"},
     "/api/v1/datasets": {"path": "ward-a.sealed"},
     "/api/v1/datasets/{dataset_id}/budget": {"epsilon": 1},
     "/api/v1/datasets/{dataset_id}/policy": {"require_approval": True},

@@ -2,11 +2,14 @@
 key or a row of data. Requests that touch a dataset, a job, a key or a user are written to the
 audit log with the authenticated user as actor."""
 
+import base64
+import hashlib
 import io
 import json
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib.metadata import version
 from importlib.resources import files
 from typing import Annotated, Any
@@ -17,16 +20,28 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from securetrain.attacks.report import STYLE as REPORT_STYLE
 from securetrain.bundle import read_card, verify_bundle
 from securetrain.crypto.keys import KeySetPaths
 from securetrain.errors import BudgetExceeded, SecureTrainError, SecurityError
 from securetrain.service import auth, jobs, registry
 from securetrain.service.auth import AuthError, Throttled, User
+from securetrain.service.guards import BodyLimit, RefusalCounter, SecurityHeaders
+from securetrain.service.redact import redact, redact_doc
 from securetrain.service.settings import ServiceSettings
 from securetrain.store.audit import acting_as, entries, record, verify_log
 
 HEX32 = r"^[0-9a-f]{32}$"
 AUDITED = re.compile(r"/api/v1/(datasets|jobs|users|tokens)(/|$)")
+REPORT_STYLE_DIGEST = base64.b64encode(hashlib.sha256(REPORT_STYLE.encode()).digest()).decode()
+REPORT_STYLE_HASH = f"'sha256-{REPORT_STYLE_DIGEST}'"
+DASHBOARD_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' "
+    f"{REPORT_STYLE_HASH}; img-src 'self' data:; frame-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'self'"
+)
+REPORT_CSP = f"default-src 'none'; style-src {REPORT_STYLE_HASH}; img-src data:"
+STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 DatasetId = Annotated[str, Path(pattern=HEX32, description="A dataset id (32 hex digits).")]
 JobId = Annotated[str, Path(pattern=HEX32, description="A job id (32 hex digits).")]
 UserName = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_.-]{1,63}$")]
@@ -46,27 +61,37 @@ class NewUser(BaseModel):
     password: str = Field(min_length=12, max_length=1024)
 
 
+class OwnerKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    public_key: str = Field(min_length=1, max_length=4096)  # the owner's signing.pub.pem
+
+
 class NewToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str = Field(default="api", max_length=200)
 
 
-class NewDataset(BaseModel):
+class Policy(BaseModel):
+    """The owner's rules for a dataset's training jobs; None: no limit."""
+
     model_config = ConfigDict(extra="forbid")
+    require_approval: bool = True
+    min_epsilon: float | None = Field(default=None, gt=0, le=100)
+    max_jobs_per_day: int | None = Field(default=None, ge=1, le=10000)
+
+    def limits(self) -> registry.Limits:
+        return registry.Limits(self.require_approval, self.min_epsilon, self.max_jobs_per_day)
+
+
+class NewDataset(Policy):
     path: str = Field(min_length=1, max_length=1024)
     name: str | None = Field(default=None, max_length=200)
-    require_approval: bool = True
 
 
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epsilon: float = Field(gt=0, le=1000)
     delta: float = Field(default=1e-5, gt=0, lt=1)
-
-
-class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    require_approval: bool
 
 
 class Grant(BaseModel):
@@ -78,15 +103,24 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     settings.check()
     store = settings.open_store()
     public_key = KeySetPaths(settings.key_dir).public_key
+    refusals = RefusalCounter(store)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(refusals.flush)  # the last window's refusals
+
     app = FastAPI(
         title="securetrain",
         version=version("securetrain"),
         description="Secure model training for a team: sealed datasets, privacy budgets, "
         "DP-SGD jobs, audits.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI loads its script from a CDN; the spec is enough
         redoc_url=None,
+        lifespan=lifespan,
     )
+    app.state.refusals = refusals
     bearer = HTTPBearer(auto_error=False)
 
     def current_user(
@@ -104,10 +138,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.middleware("http")
     async def audit_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """Every request on a dataset, job, user or token, allowed or refused, with its actor."""
+        """Every request on a dataset, job, user or token, allowed or refused, with its actor;
+        those refused for want of valid credentials are counted per address instead."""
         response = await call_next(request)
-        if AUDITED.match(request.url.path):
-            actor = getattr(request.state, "actor", "anonymous")
+        actor = getattr(request.state, "actor", "anonymous")
+        if AUDITED.match(request.url.path) and (actor, response.status_code) == ("anonymous", 401):
+            await run_in_threadpool(refusals.count, _address(request), "unauthenticated")
+        elif AUDITED.match(request.url.path):
             await run_in_threadpool(
                 record,
                 store,
@@ -116,7 +153,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 {"method": request.method, "status": response.status_code},
                 actor=actor,
             )
+        else:
+            await run_in_threadpool(refusals.tick)
         return response
+
+    app.add_middleware(BodyLimit, limit=settings.max_body)
+    app.add_middleware(SecurityHeaders)
 
     def role(*allowed: str) -> Callable[..., User]:
         def check(user: Annotated[User, Depends(current_user)]) -> User:
@@ -138,19 +180,22 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.exception_handler(SecureTrainError)
     def _errors(_request: Request, exc: SecureTrainError) -> JSONResponse:
+        detail = redact(str(exc), settings)
         if isinstance(exc, Throttled):
             return JSONResponse(
-                {"detail": str(exc)},
+                {"detail": detail},
                 status_code=429,
                 headers={"Retry-After": str(int(exc.retry_after) + 1)},
             )
         if isinstance(exc, AuthError):
-            return JSONResponse({"detail": str(exc)}, status_code=401)
+            return JSONResponse({"detail": detail}, status_code=401)
         if isinstance(exc, BudgetExceeded):
-            return JSONResponse({"detail": str(exc)}, status_code=409)
+            return JSONResponse({"detail": detail}, status_code=409)
+        if isinstance(exc, jobs.LimitReached):
+            return JSONResponse({"detail": detail}, status_code=429)
         if isinstance(exc, SecurityError):
-            return JSONResponse({"detail": f"Verification failed: {exc}"}, status_code=422)
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+            return JSONResponse({"detail": f"Verification failed: {detail}"}, status_code=422)
+        return JSONResponse({"detail": detail}, status_code=400)
 
     @app.exception_handler(registry.NotVisible)
     def _not_found(_request: Request, exc: registry.NotVisible) -> JSONResponse:
@@ -166,6 +211,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             "name": ds.name,
             "owner": ds.owner,
             "require_approval": ds.require_approval,
+            "min_epsilon": ds.min_epsilon,
+            "max_jobs_per_day": ds.max_jobs_per_day,
             "budget": registry.budget(store, ds),
         }
         if user.role in ("owner", "auditor"):
@@ -180,8 +227,16 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return {"status": "ok", "version": version("securetrain")}
 
     @app.post("/api/v1/auth/login", tags=["auth"])
-    def login(body: LoginRequest) -> dict[str, str]:
-        token, expires = auth.login(store, body.name, body.password)
+    def login(body: LoginRequest, request: Request) -> dict[str, str]:
+        address = _address(request)
+        try:
+            token, expires = auth.login(store, body.name, body.password, address)
+        except Throttled:
+            refusals.count(address, "login_throttled", body.name)
+            raise
+        except AuthError:
+            refusals.count(address, "login_failed", body.name)
+            raise
         return {"token": token, "expires_at": expires, "token_type": "bearer"}
 
     @app.post("/api/v1/auth/logout", tags=["auth"])
@@ -232,6 +287,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise registry.NotVisible(name) from None
         return {"status": "disabled"}
 
+    @app.put("/api/v1/users/{name}/signing-key", tags=["users"], status_code=201)
+    def bind_owner_key(name: UserName, body: OwnerKey, user: AdminOnly) -> dict[str, str]:
+        fp = registry.bind_owner_key(
+            store, settings, name, body.public_key.encode(), actor=user.name
+        )
+        return {"owner": name, "fingerprint": fp}
+
     # --- datasets ------------------------------------------------------------------------
 
     @app.get("/api/v1/datasets", tags=["datasets"])
@@ -241,9 +303,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.post("/api/v1/datasets", tags=["datasets"], status_code=201)
     def register(body: NewDataset, user: Owner) -> dict:
         with acting_as(user.name):
-            ds = registry.register(
-                store, settings, user, body.path, body.name, body.require_approval
-            )
+            ds = registry.register(store, settings, user, body.path, body.name, body.limits())
         return _dataset(ds, user)
 
     @app.get("/api/v1/datasets/{dataset_id}", tags=["datasets"])
@@ -260,7 +320,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.put("/api/v1/datasets/{dataset_id}/policy", tags=["datasets"])
     def set_policy(dataset_id: DatasetId, body: Policy, user: Owner) -> dict:
-        registry.set_policy(store, user, dataset_id, body.require_approval)
+        registry.set_policy(store, user, dataset_id, body.limits())
         return _dataset(registry.get_owned(store, user, dataset_id), user)
 
     @app.post("/api/v1/datasets/{dataset_id}/grants", tags=["datasets"], status_code=201)
@@ -289,7 +349,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.get("/api/v1/jobs/{job_id}/log", tags=["jobs"])
     def job_log(job_id: JobId, user: Reader) -> dict[str, str]:
-        return {"log": jobs.get(store, user, job_id).log}
+        return {"log": redact(jobs.get(store, user, job_id).log, settings)}
 
     @app.post("/api/v1/jobs/{job_id}/cancel", tags=["jobs"])
     def cancel(job_id: JobId, user: Reader) -> dict:
@@ -314,9 +374,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/api/v1/jobs/{job_id}/card", tags=["results"])
     def card(job_id: JobId, user: Reader) -> dict:
         job = _finished(job_id, user, "train")
-        return read_card(jobs.result_dir(settings, job.id) / "bundle").model_dump(
-            mode="json", by_alias=True
-        )
+        card = read_card(jobs.result_dir(settings, job.id) / "bundle")
+        return redact_doc(card.model_dump(mode="json", by_alias=True), settings)
 
     @app.get("/api/v1/jobs/{job_id}/verify", tags=["results"])
     def verify(job_id: JobId, user: Reader) -> dict:
@@ -348,18 +407,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/api/v1/jobs/{job_id}/audit", tags=["results"])
     def audit_result(job_id: JobId, user: AuditReader) -> dict:
         job = _finished(job_id, user, "audit")
-        return json.loads((jobs.result_dir(settings, job.id) / "audit" / "audit.json").read_text())
+        audit = json.loads((jobs.result_dir(settings, job.id) / "audit" / "audit.json").read_text())
+        return redact_doc(audit, settings)
 
     @app.get("/api/v1/jobs/{job_id}/report", tags=["results"], response_class=HTMLResponse)
     def audit_report(job_id: JobId, user: AuditReader) -> HTMLResponse:
         job = _finished(job_id, user, "audit")
         html = (jobs.result_dir(settings, job.id) / "audit" / "audit.html").read_text()
-        return HTMLResponse(
-            html,
-            headers={
-                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-            },
-        )
+        return HTMLResponse(redact(html, settings), headers={"Content-Security-Policy": REPORT_CSP})
 
     # --- the audit log -------------------------------------------------------------------
 
@@ -377,6 +432,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             for e in entries(store)[-500:]
         ]
 
+    def _address(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
     @app.get("/api/v1/audit-log/verify", tags=["audit log"])
     def audit_log_verify(user: LogReader) -> dict:
         try:
@@ -387,17 +445,23 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     # --- the dashboard -------------------------------------------------------------------
 
-    page = files("securetrain.service").joinpath("dashboard.html").read_text(encoding="utf-8")
+    package = files("securetrain.service")
+    page = package.joinpath("dashboard.html").read_text(encoding="utf-8")
+    assets = {name: package.joinpath(name).read_bytes() for name in STATIC}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> HTMLResponse:
         return HTMLResponse(
             page,
-            headers={
-                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                "style-src 'unsafe-inline'; img-src data:; frame-src 'self'",
-                "X-Frame-Options": "SAMEORIGIN",
-            },
+            headers={"Content-Security-Policy": DASHBOARD_CSP, "X-Frame-Options": "SAMEORIGIN"},
+        )
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in assets:
+            raise HTTPException(404, "Not found.")
+        return Response(
+            assets[name], media_type=STATIC[name], headers={"Cache-Control": "no-cache"}
         )
 
     return app

@@ -15,31 +15,34 @@ may describe the data, goes to the owner and auditors.
 from __future__ import annotations
 
 import json
+import logging
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from securetrain.errors import ConfigError, SecureTrainError
 from securetrain.service.auth import User
+from securetrain.service.redact import redact
 from securetrain.service.registry import (
     Dataset,
     Forbidden,
     NotVisible,
     dataset_by_id,
     get_visible,
+    owner_key_path,
     resolve_data_path,
     visible,
 )
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
 from securetrain.store.audit import acting_as, append, now
-from securetrain.store.schema import jobs
+from securetrain.store.schema import grants, jobs, service_datasets, users
 
 OPEN = ("awaiting_approval", "queued")
 AUDITORS = ("owner", "auditor")  # who may start audits and read their results
@@ -52,6 +55,13 @@ FAILED_BEFORE_DECRYPTION = (
     "The job failed before any data was decrypted; the dataset's owner can see the reason."
 )
 PROGRESS_EVERY = 1.0  # seconds between progress writes
+JOB_DAY = timedelta(hours=24)  # the window of a dataset's jobs-per-analyst limit
+_LOG = logging.getLogger(__name__)
+
+
+class LimitReached(SecureTrainError):
+    """The analyst has submitted as many jobs on the dataset as its owner allows in a day (HTTP
+    429)."""
 
 
 class JobRequest(BaseModel):
@@ -130,6 +140,7 @@ def _train_config(settings: ServiceSettings, ds: Dataset, job_id: str, req: JobR
         classes=req.classes,
         store=settings.store,
         key_dir=settings.key_dir,
+        public_key=owner_key_path(settings, ds.owner),  # only the owner's signature is accepted
         passphrase_env=settings.passphrase_env,
     )
 
@@ -181,6 +192,13 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
     if req.kind == "train":
         if req.epsilon is None:
             raise ConfigError("A training job needs epsilon (its privacy budget ε).")
+        if ds.min_epsilon is not None and req.epsilon < ds.min_epsilon:
+            raise ConfigError(
+                f"Dataset {ds.id} takes training jobs of ε >= {ds.min_epsilon:g} (its owner's "
+                f"minimum). Found ε = {req.epsilon:g}."
+            )
+        with store.read() as conn:
+            _check_daily_limit(conn, ds, user)
         config = _train_config(settings, ds, job_id, req)
         with acting_as(user.name):
             run_id = reserve_sealed(config, resolve_keys(config))
@@ -196,34 +214,64 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
         parent = train.id
     state = "awaiting_approval" if ds.require_approval and req.kind == "train" else "queued"
     stamp = now()
+    row = {
+        "id": job_id,
+        "kind": req.kind,
+        "dataset_id": ds.id,
+        "submitter": user.name,
+        "state": state,
+        "params": req.model_dump_json(),
+        "epsilon": epsilon,
+        "run_id": run_id,
+        "parent": parent,
+        "progress": 0.0,
+        "log": "",
+        "error": None,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    try:
+        _insert(store, ds, user, row)
+    except LimitReached:
+        if run_id is not None:
+            with acting_as(user.name):
+                ledger.transition(store, run_id, "released", details={"job": job_id})
+        raise
+    return get(store, user, job_id)
+
+
+def _check_daily_limit(conn, ds: Dataset, user: User) -> None:  # type: ignore[no-untyped-def]
+    if ds.max_jobs_per_day is None or user.role != "analyst":
+        return
+    since = (datetime.now(UTC) - JOB_DAY).isoformat(timespec="microseconds")
+    count = conn.execute(
+        select(func.count())
+        .select_from(jobs)
+        .where(
+            jobs.c.dataset_id == ds.id,
+            jobs.c.submitter == user.name,
+            jobs.c.kind == "train",
+            jobs.c.created_at >= since,
+        )
+    ).scalar_one()
+    if count >= ds.max_jobs_per_day:
+        raise LimitReached(
+            f"Dataset {ds.id} allows {ds.max_jobs_per_day} training job(s) per analyst in 24 "
+            f"hours; you have submitted {count}."
+        )
+
+
+def _insert(store: Store, ds: Dataset, user: User, row: dict) -> None:
+    """Insert the job, counting the analyst's jobs of the day again under the dataset's lock,
+    so that concurrent submissions cannot pass the limit together."""
     with store.transaction() as conn:
         conn.execute(
-            insert(jobs).values(
-                id=job_id,
-                kind=req.kind,
-                dataset_id=ds.id,
-                submitter=user.name,
-                state=state,
-                params=req.model_dump_json(),
-                epsilon=epsilon,
-                run_id=run_id,
-                parent=parent,
-                progress=0.0,
-                log="",
-                error=None,
-                created_at=stamp,
-                updated_at=stamp,
-            )
+            select(service_datasets.c.id).where(service_datasets.c.id == ds.id).with_for_update()
         )
-        append(
-            store,
-            conn,
-            "job.submitted",
-            job_id,
-            {"dataset_id": ds.id, "kind": req.kind, "epsilon": epsilon, "state": state},
-            actor=user.name,
-        )
-    return get(store, user, job_id)
+        _check_daily_limit(conn, ds, user)
+        conn.execute(insert(jobs).values(**row))
+        details = {k: row[k] for k in ("dataset_id", "kind", "epsilon", "state")}
+        append(store, conn, "job.submitted", row["id"], details, actor=user.name)
 
 
 def _set_state(store: Store, job: Job, state: str, actor: str, expect: tuple[str, ...]) -> bool:
@@ -331,6 +379,11 @@ def run(store: Store, settings: ServiceSettings, job: Job) -> None:
     recorder = _Recorder(store, job.id)
     req = JobRequest.model_validate(job.params)
     ds = dataset_by_id(store, job.dataset_id)
+    withdrawn = _access_withdrawn(store, job, ds)
+    if withdrawn is not None:
+        _finish(store, job, {"state": "failed", "error": withdrawn}, "AccessWithdrawn")
+        _release(store, job, job.submitter)
+        return
     result_dir(settings, job.id).mkdir(mode=0o700)
     config = _train_config(settings, ds, job.id, req)
     keys = resolve_keys(config)
@@ -361,16 +414,44 @@ def run(store: Store, settings: ServiceSettings, job: Job) -> None:
     except Cancelled:
         state = "cancelled"
     except SecureTrainError as exc:
-        state, error, failure = "failed", str(exc), type(exc).__name__
+        state, error, failure = "failed", redact(str(exc), settings), type(exc).__name__
     except Exception as exc:  # a bug: keep the worker alive, record the job as failed
         failure = type(exc).__name__
-        state, error = "failed", f"internal error: {failure}\n{traceback.format_exc(limit=5)}"
-    values: dict = {"state": state, "error": error, "updated_at": now(), "log": recorder.text}
+        state, error = "failed", f"internal error: {failure}"
+        _LOG.exception("job %s failed with an internal error", job.id)  # the server's log only
+    values: dict = {"state": state, "error": error, "log": recorder.text}
     if state == "succeeded":
         values["progress"] = 1.0
+    _finish(store, job, values, failure)
+
+
+def _finish(store: Store, job: Job, values: dict, failure: str | None) -> None:
+    state = values["state"]
     with store.transaction() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(updated_at=now(), **values))
         append(store, conn, f"job.{state}", job.id, {"error": failure}, actor=job.submitter)
+
+
+def _access_withdrawn(store: Store, job: Job, ds: Dataset) -> str | None:
+    """Why the job's submitter may no longer run it (account disabled, grant revoked, dataset
+    no longer theirs), checked again when the worker takes it; None if they still may."""
+    with store.read() as conn:
+        row = conn.execute(select(users).where(users.c.name == job.submitter)).first()
+        granted = conn.execute(
+            select(grants.c.analyst).where(
+                grants.c.dataset_id == ds.id, grants.c.analyst == job.submitter
+            )
+        ).first()
+    if row is None or row.disabled:
+        return f"The account {job.submitter!r} was disabled before the job ran."
+    allowed = {
+        "analyst": job.kind == "train" and granted is not None,
+        "owner": job.kind == "audit" and ds.owner == job.submitter,
+        "auditor": job.kind == "audit",
+    }
+    if not allowed.get(row.role, False):
+        return f"{job.submitter!r} no longer has access to dataset {ds.id}; the job did not run."
+    return None
 
 
 def work(store: Store, settings: ServiceSettings, *, once: bool = False, idle: float = 1.0) -> int:

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, insert, select, update
 
-from securetrain.crypto.keys import KeySetPaths
+from securetrain.crypto.keys import (
+    KeySetPaths,
+    encryption_fingerprint,
+    fingerprint,
+    load_encryption_public_key,
+    load_public_key,
+)
 from securetrain.crypto.signing import signed_manifest_digest
-from securetrain.errors import ConfigError, DataError
+from securetrain.errors import ConfigError, DataError, IntegrityError
+from securetrain.outputs import write_path_atomic
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
-from securetrain.sealed import verify_sealed
+from securetrain.sealed import Header, verify_sealed
 from securetrain.service.auth import User
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
 from securetrain.store.audit import append, now
 from securetrain.store.schema import grants, service_datasets, users
+
+OWNER_KEYS = "owners"  # in the service's key directory: each owner's signing public key
 
 SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,7}")
 
@@ -37,6 +46,19 @@ class Dataset:
     path: str
     owner: str
     require_approval: bool
+    min_epsilon: float | None = None  # the least ε a training job may ask for
+    max_jobs_per_day: int | None = None  # training jobs per analyst in any 24 hours
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the dataset's owner allows each training job and each analyst: approval first, a
+    floor on ε (many tiny-ε jobs probe the data as well as a large one), a cap on jobs per day.
+    None: no limit."""
+
+    require_approval: bool = True
+    min_epsilon: float | None = None
+    max_jobs_per_day: int | None = None
 
 
 def resolve_data_path(settings: ServiceSettings, relative: str) -> Path:
@@ -56,8 +78,68 @@ def resolve_data_path(settings: ServiceSettings, relative: str) -> Path:
     return path
 
 
+def owner_key_path(settings: ServiceSettings, owner: str) -> Path:
+    """The signing public key bound to an owner account (``OWNER_KEYS/NAME.pub.pem``)."""
+    return settings.key_dir / OWNER_KEYS / f"{owner}.pub.pem"
+
+
+def bind_owner_key(
+    store: Store, settings: ServiceSettings, owner: str, pem: bytes, *, actor: str
+) -> str:
+    """Bind an owner account to the public half of the owner's own signing key, once; every
+    dataset the owner registers or the service uses must be signed by it. Returns its
+    fingerprint."""
+    with store.read() as conn:
+        row = conn.execute(select(users).where(users.c.name == owner)).first()
+    if row is None or row.role != "owner" or row.disabled:
+        raise ConfigError(f"{owner!r} is not an active owner.")
+    path = owner_key_path(settings, owner)
+    if path.exists():
+        raise ConfigError(f"Owner {owner!r} already has a signing key bound.")
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(pem)
+        load_public_key(tmp)
+
+    write_path_atomic(path, write)
+    fp = fingerprint(load_public_key(path))
+    with store.transaction() as conn:
+        append(store, conn, "owner.key_bound", owner, {"fingerprint": fp}, actor=actor)
+    return fp
+
+
+def verify_owned(settings: ServiceSettings, path: Path, owner: str) -> Header:
+    """A sealed dataset signed by ``owner``'s bound key and sealed for the service's public
+    encryption key; :class:`IntegrityError` if another key signed it."""
+    key = owner_key_path(settings, owner)
+    if not key.is_file():
+        raise ConfigError(f"Owner {owner!r} has no signing key bound; an admin binds it first.")
+    header = verify_sealed(path, key)
+    signer = fingerprint(load_public_key(key))
+    if header.doc.get("signer") != signer:
+        raise IntegrityError(f"{path.name!r} is not signed by its owner's key")
+    service = encryption_fingerprint(
+        load_encryption_public_key(KeySetPaths(settings.key_dir).encryption_public_key)
+    )
+    if header.recipient != service:
+        raise ConfigError(
+            f"{path.name!r} is not sealed for this service's encryption key {service} "
+            f"(seal it with --recipient). Found recipient {header.recipient}."
+        )
+    return header
+
+
 def _row_to_dataset(row) -> Dataset:  # type: ignore[no-untyped-def]
-    return Dataset(row.id, row.name, row.path, row.owner, bool(row.require_approval))
+    return Dataset(
+        row.id,
+        row.name,
+        row.path,
+        row.owner,
+        bool(row.require_approval),
+        row.min_epsilon,
+        row.max_jobs_per_day,
+    )
 
 
 def register(
@@ -66,11 +148,11 @@ def register(
     owner: User,
     relative: str,
     name: str | None,
-    require_approval: bool,
+    limits: Limits,
 ) -> Dataset:
-    """Register a sealed dataset after checking its signature with the service's public key."""
+    """Register a sealed dataset signed by the owner's bound key and sealed for the service."""
     path = resolve_data_path(settings, relative)
-    header = verify_sealed(path, KeySetPaths(settings.key_dir).public_key)
+    header = verify_owned(settings, path, owner.name)
     label = (name or path.name)[:200]
     with store.transaction() as conn:
         if conn.execute(
@@ -83,7 +165,9 @@ def register(
                 name=label,
                 path=relative,
                 owner=owner.name,
-                require_approval=int(require_approval),
+                require_approval=int(limits.require_approval),
+                min_epsilon=limits.min_epsilon,
+                max_jobs_per_day=limits.max_jobs_per_day,
                 created_at=now(),
             )
         )
@@ -92,10 +176,18 @@ def register(
             conn,
             "dataset.registered",
             header.dataset_id,
-            {"path": relative, "require_approval": require_approval},
+            {"path": relative, **asdict(limits)},
             actor=owner.name,
         )
-    return Dataset(header.dataset_id, label, relative, owner.name, require_approval)
+    return Dataset(
+        header.dataset_id,
+        label,
+        relative,
+        owner.name,
+        limits.require_approval,
+        limits.min_epsilon,
+        limits.max_jobs_per_day,
+    )
 
 
 def visible(store: Store, user: User) -> list[Dataset]:
@@ -163,6 +255,7 @@ def set_budget(
 ) -> None:
     ds = get_owned(store, owner, dataset_id)
     path = resolve_data_path(settings, ds.path)
+    verify_owned(settings, path, ds.owner)  # the digest is signed
     ledger.set_budget(
         store,
         dataset_id=ds.id,
@@ -173,22 +266,19 @@ def set_budget(
     )
 
 
-def set_policy(store: Store, owner: User, dataset_id: str, require_approval: bool) -> None:
+def set_policy(store: Store, owner: User, dataset_id: str, limits: Limits) -> None:
     ds = get_owned(store, owner, dataset_id)
     with store.transaction() as conn:
         conn.execute(
             update(service_datasets)
             .where(service_datasets.c.id == ds.id)
-            .values(require_approval=int(require_approval))
+            .values(
+                require_approval=int(limits.require_approval),
+                min_epsilon=limits.min_epsilon,
+                max_jobs_per_day=limits.max_jobs_per_day,
+            )
         )
-        append(
-            store,
-            conn,
-            "dataset.policy",
-            ds.id,
-            {"require_approval": require_approval},
-            actor=owner.name,
-        )
+        append(store, conn, "dataset.policy", ds.id, asdict(limits), actor=owner.name)
 
 
 def grant(store: Store, owner: User, dataset_id: str, analyst: str) -> None:
