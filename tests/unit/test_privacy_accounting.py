@@ -66,6 +66,8 @@ def test_rdp_on_request_equals_dp_accounting_rdp_and_is_looser() -> None:
         (0.5, 1e-6, 0.01, 2000),
         (8.0, 1e-5, 0.004, 10_000),
         (3.0, 1e-5, 1.0, 5),
+        (30.0, 1e-5, 0.3, 75),
+        (100.0, 1e-5, 0.33, 75),
     ],
 )
 def test_calibrated_sigma_is_the_smallest_within_one_percent(target, delta, q, steps) -> None:
