@@ -37,6 +37,15 @@ from securetrain.federated.pki import (
     check_site_private_key,
     check_site_public_key,
 )
+from securetrain.federated.trust import (
+    APP_PYPROJECT,
+    CONTROL_TOKEN_ENV,
+    PINNED_FAB_ENV,
+    clientapp_wrapper,
+    new_control_token,
+    pinned_fab_hash,
+    store_cli_token,
+)
 from securetrain.outputs import check_new_dir
 from securetrain.train import TrainConfig
 from securetrain.train.models import architecture_for, build_model
@@ -50,29 +59,6 @@ RUN_POLL_SECONDS = 4.0  # each poll is a `flwr` CLI process
 FINAL_PUSH_GRACE = 5.0
 RETRY_SECONDS = 3.0
 NOT_ACTIVATED = "Failed to activate SuperNode"  # the SuperLink does not know the node key
-APP_PYPROJECT = """\
-[build-system]
-requires = ["setuptools"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "securetrain-federated"
-version = "1.0.0"
-description = "securetrain: per-site DP-SGD on Flower"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "securetrain"
-
-[tool.flwr.app.components]
-serverapp = "securetrain.federated.deploy:server_app"
-clientapp = "securetrain.federated.deploy:client_app"
-
-[tool.flwr.app.config]
-settings = ""
-result-dir = ""
-"""
 
 Progress = Callable[[str], None]
 
@@ -141,15 +127,21 @@ class _Link:
     ) -> None:
         self.home = work / "flwr"
         self.home.mkdir()
+        address = f"127.0.0.1:{port}"
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{port}"\nroot-certificates = "{files.ca}"\n'
+            f'address = "{address}"\nroot-certificates = "{files.ca}"\n'
         )
+        token_file = work / "control.token"
+        store_cli_token(self.home, address, new_control_token(token_file))
         self.log = log or work / "superlink.log"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 [
-                    _executable("flower-superlink"),
+                    sys.executable,
+                    "-m",
+                    "securetrain.federated.trust",
+                    "superlink",
                     "--ssl-certfile",
                     str(files.certificate),
                     "--ssl-keyfile",
@@ -165,7 +157,7 @@ class _Link:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=_flower_env(self.home),
+                env={**_flower_env(self.home), CONTROL_TOKEN_ENV: str(token_file)},
                 cwd=work,
             )
 
@@ -405,10 +397,16 @@ def join(site: SiteOptions, progress: Progress | None = None) -> dict:
         str(site.runtime_port),
     ]
 
+    # The SuperNode starts each ClientApp as `flwr-clientapp`: this site's finds the pinned one.
+    wrapper = clientapp_wrapper(work / "bin")
+    env = _flower_env(work)
+    env["PATH"] = os.pathsep.join([str(wrapper.parent), env["PATH"]])
+    env[PINNED_FAB_ENV] = pinned_fab_hash()
+
     def start() -> subprocess.Popen:
         with log.open("a") as out:
             return subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=_flower_env(work), cwd=work
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work
             )
 
     def refused(proc: subprocess.Popen) -> bool:
