@@ -12,6 +12,14 @@ import numpy as np
 WIDTH, HEIGHT, PAD = 560, 400, 60
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f")
 
+# The report's one style sheet; pages that show the report allow exactly it (a CSP hash).
+STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
+    "td,th{padding:4px 10px;text-align:left;border-bottom:1px solid #ddd}"
+    ".warn{background:#fdd;border:2px solid #c00;padding:1em;font-weight:bold}"
+    "figure{display:inline-block;margin:1em}"
+)
+
 
 @dataclass
 class Series:
@@ -154,10 +162,7 @@ def render(audit: dict, plots: list[str]) -> str:
     body = [
         '<!doctype html><html lang="en"><head><meta charset="utf-8">',
         "<title>securetrain privacy audit</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
-        "td,th{padding:4px 10px;text-align:left;border-bottom:1px solid #ddd}"
-        ".warn{background:#fdd;border:2px solid #c00;padding:1em;font-weight:bold}"
-        "figure{display:inline-block;margin:1em}</style></head><body>",
+        f"<style>{STYLE}</style></head><body>",
         "<h1>Privacy audit</h1>",
         f"<p>Bundle: <code>{html.escape(audit['bundle'])}</code></p>",
     ]

@@ -11,21 +11,30 @@ import typer
 
 from securetrain.cli.common import PassphraseOption, StoreOption, console
 from securetrain.errors import ConfigError
+from securetrain.service.settings import MAX_BODY
 
 users_app = typer.Typer(help="Accounts of the team service.", no_args_is_help=True)
 
 
 def _settings(
-    data_dir: Path, key: Path, passphrase_env: str | None, store: str | None, results: Path | None
+    data_dir: Path,
+    key: Path,
+    passphrase_env: str | None,
+    store: str | None,
+    results: Path | None,
+    max_body: int,
 ):  # type: ignore[no-untyped-def]
     from securetrain.service.settings import ServiceSettings
 
+    if max_body < 1024:
+        raise ConfigError(f"--max-body must be at least 1024 bytes. Found {max_body}.")
     settings = ServiceSettings(
         store=store,
         data_dir=data_dir,
         key_dir=key,
         passphrase_env=passphrase_env,
         results_dir=results,
+        max_body=max_body,
     )
     settings.check()
     return settings
@@ -53,6 +62,13 @@ def serve_command(
         Path | None, typer.Option(help="Where finished jobs' bundles and audits are kept.")
     ] = None,
     workers: Annotated[int, typer.Option(help="Job worker processes.")] = 1,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain) to serve HTTPS with.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    max_body: Annotated[
+        int, typer.Option(help="Largest request body accepted, in bytes (HTTP 413 above).")
+    ] = MAX_BODY,
     passphrase_env: PassphraseOption = None,
     store: StoreOption = None,
 ) -> None:
@@ -62,9 +78,17 @@ def serve_command(
 
     from securetrain.service.app import create_app
 
-    settings = _settings(data_dir, key, passphrase_env, store, results)
+    settings = _settings(data_dir, key, passphrase_env, store, results, max_body)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1. Found {workers}.")
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError(
+            "--tls-cert and --tls-key go together. Found only "
+            f"{'--tls-cert' if tls_key is None else '--tls-key'}."
+        )
+    for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{option} file not found: {str(path)!r}.")
     context = multiprocessing.get_context("spawn")
     procs = [
         context.Process(target=_worker, args=(settings.model_dump_json(),), daemon=True)
@@ -72,9 +96,17 @@ def serve_command(
     ]
     for proc in procs:
         proc.start()
-    console.print(f"securetrain service on http://{host}:{port}/ (API docs: /api/docs)")
+    scheme = "https" if tls_cert is not None else "http"
+    console.print(f"securetrain service on {scheme}://{host}:{port}/ (API: /api/openapi.json)")
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            ssl_certfile=tls_cert,
+            ssl_keyfile=tls_key,
+        )
     finally:
         for proc in procs:
             proc.terminate()

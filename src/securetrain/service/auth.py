@@ -30,7 +30,8 @@ ROLES = ("owner", "analyst", "auditor", "admin")
 NAME = re.compile(r"[a-z][a-z0-9_.-]{1,63}")
 MIN_PASSWORD = 12
 SESSION_MINUTES = 30
-FREE_FAILURES = 5  # failed log-ins allowed before each further try must wait
+FREE_FAILURES = 5  # failed log-ins allowed per account before each further try must wait
+ADDRESS_FREE_FAILURES = 20  # and per client address (several people may share one)
 MAX_WAIT_SECONDS = 900.0
 _HASHER = PasswordHasher()  # Argon2id with the library's (RFC 9106 low-memory) parameters
 _DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
@@ -41,7 +42,8 @@ class AuthError(SecureTrainError):
 
 
 class Throttled(SecureTrainError):
-    """Too many failed log-ins for this account; try again after ``retry_after`` seconds."""
+    """Too many failed log-ins for this account or from this address; try again after
+    ``retry_after`` seconds."""
 
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"Too many failed log-ins; try again in {retry_after:.0f} s.")
@@ -108,10 +110,10 @@ def disable_user(store: Store, name: str) -> None:
         append(store, conn, "user.disabled", name, {})
 
 
-def _wait_needed(failures: int, last: float) -> float:
-    if failures < FREE_FAILURES:
+def _wait_needed(failures: int, last: float, free: int) -> float:
+    if failures < free:
         return 0.0
-    wait = min(MAX_WAIT_SECONDS, 2.0 ** (failures - FREE_FAILURES + 1))
+    wait = min(MAX_WAIT_SECONDS, 2.0 ** (failures - free + 1))
     return max(0.0, last + wait - time.time())
 
 
@@ -140,41 +142,60 @@ def _new_token(conn, user: str, kind: str, label: str, minutes: int | None):  # 
     return f"st_{kind}_{token_id}_{secret}", token_id, expires
 
 
-def login(store: Store, name: str, password: str) -> tuple[str, str]:
-    """A session token and its expiry, or :class:`AuthError` / :class:`Throttled`."""
-    outcome: tuple[str, str] | SecureTrainError
-    with store.transaction() as conn:
-        failed = conn.execute(select(login_failures).where(login_failures.c.name == name)).first()
-        if failed is not None and (wait := _wait_needed(failed.failures, failed.last_failure)):
-            append(store, conn, "auth.throttled", name, {"failures": failed.failures}, actor=name)
-            outcome = Throttled(wait)
-        else:
-            outcome = _check_password(store, conn, name, password, failed)
-    # Raised outside the transaction, so that the failure and its audit entry are committed.
-    if isinstance(outcome, SecureTrainError):
-        raise outcome
-    return outcome
+def address_key(address: str) -> str:
+    """The failed-log-in counter of a client address; user names cannot start with '@'."""
+    return f"@{address}"[:64]
 
 
-def _check_password(store: Store, conn, name: str, password: str, failed):  # type: ignore[no-untyped-def]
-    """A new session (token, expiry) for the right password; else the failure, recorded."""
-    row = conn.execute(select(users).where(users.c.name == name)).first()
+def login(store: Store, name: str, password: str, address: str) -> tuple[str, str]:
+    """A session token and its expiry, or :class:`AuthError` / :class:`Throttled`.
+
+    Failures are counted per account and per client address (one address guessing many
+    accounts is throttled too). The Argon2 check runs outside any transaction, so that guesses
+    do not hold the store's write lock; the counters are read again when a failure is written.
+    The caller records failures in the audit log (aggregated: see ``guards.RefusalCounter``)."""
+    keys = {address_key(address): ADDRESS_FREE_FAILURES}
+    if NAME.fullmatch(name):
+        keys[name] = FREE_FAILURES
+    with store.read() as conn:
+        failed = {
+            r.name: r
+            for r in conn.execute(
+                select(login_failures).where(login_failures.c.name.in_(keys))
+            ).all()
+        }
+        row = conn.execute(select(users).where(users.c.name == name)).first()
+    wait = max(
+        (_wait_needed(r.failures, r.last_failure, keys[k]) for k, r in failed.items()), default=0
+    )
+    if wait:
+        raise Throttled(wait)
     try:
         ok = _HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
         ok = False
-    if not ok or row is None or row.disabled:
-        count = (failed.failures if failed else 0) + 1
-        conn.execute(delete(login_failures).where(login_failures.c.name == name))
-        conn.execute(
-            insert(login_failures).values(name=name, failures=count, last_failure=time.time())
+    with store.transaction() as conn:
+        current = conn.execute(select(users).where(users.c.name == name)).first()
+        if ok and current is not None and not current.disabled:
+            conn.execute(delete(login_failures).where(login_failures.c.name == name))
+            token, _id, expires = _new_token(conn, name, "session", "log-in", SESSION_MINUTES)
+            append(store, conn, "auth.login", name, {"session": _id}, actor=name)
+            return token, str(expires)
+        for key in keys:
+            _count_failure(conn, key)
+    raise AuthError("Wrong user name or password.")
+
+
+def _count_failure(conn, key: str) -> None:  # type: ignore[no-untyped-def]
+    failures = conn.execute(
+        select(login_failures.c.failures).where(login_failures.c.name == key)
+    ).scalar()
+    conn.execute(delete(login_failures).where(login_failures.c.name == key))
+    conn.execute(
+        insert(login_failures).values(
+            name=key, failures=(failures or 0) + 1, last_failure=time.time()
         )
-        append(store, conn, "auth.login_failed", name, {"failures": count}, actor=name)
-        return AuthError("Wrong user name or password.")
-    conn.execute(delete(login_failures).where(login_failures.c.name == name))
-    token, _id, expires = _new_token(conn, name, "session", "log-in", SESSION_MINUTES)
-    append(store, conn, "auth.login", name, {"session": _id}, actor=name)
-    return token, str(expires)
+    )
 
 
 def create_api_token(store: Store, user: User, label: str) -> tuple[str, str]:

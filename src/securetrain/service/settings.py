@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from securetrain.crypto.keys import KeySetPaths
 from securetrain.crypto.providers import passphrase_from_env
@@ -12,11 +12,14 @@ from securetrain.errors import ConfigError
 from securetrain.store.audit import AuditKey, use_audit_key
 from securetrain.store.engine import Store, securetrain_home
 
+MAX_BODY = 1 << 20  # bytes: every request body is JSON, and a small one
+
 
 class ServiceSettings(BaseModel):
     """``data_dir``: the only directory sealed datasets are registered from. ``key_dir``: the
     service's key set; it decrypts sealed data in the worker and signs every bundle, and no
-    response ever carries it. ``results_dir``: bundles and audits of finished jobs."""
+    response ever carries it. ``results_dir``: bundles and audits of finished jobs.
+    ``max_body``: the largest request body accepted, in bytes (HTTP 413 above it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     store: str | None = None
@@ -24,6 +27,7 @@ class ServiceSettings(BaseModel):
     key_dir: Path
     passphrase_env: str | None = None
     results_dir: Path | None = None
+    max_body: int = Field(default=MAX_BODY, ge=1024)
 
     @property
     def results(self) -> Path:

@@ -8,6 +8,7 @@ from overspending a budget or forking the audit log.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ HOME_ENV = "SECURETRAIN_HOME"
 STORE_ENV = "SECURETRAIN_STORE"
 READ_ONLY = "securetrain_read_only"
 COMMIT_HOOKS = "securetrain_commit_hooks"
+_PASSWORD = re.compile(r"(\w[\w+.-]*://[^/:@\s]*:)[^@/\s]*@")
 
 
 def securetrain_home() -> Path:
@@ -31,6 +33,11 @@ def securetrain_home() -> Path:
 
 def store_url(url: str | None = None) -> str:
     return url or os.environ.get(STORE_ENV) or f"sqlite:///{securetrain_home() / 'store.db'}"
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every database URL in it replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***@", text)
 
 
 def _sqlite_serialising(engine: Engine) -> None:
@@ -56,7 +63,9 @@ class Store:
             kwargs = {"connect_args": {"timeout": 60}} if self.url.startswith("sqlite") else {}
             self.engine = create_engine(self.url, **kwargs)
         except (ArgumentError, ImportError, ValueError) as exc:
-            raise ConfigError(f"Cannot open store {self.url!r}: {exc}") from None
+            raise ConfigError(
+                f"Cannot open store {redact_url(self.url)!r}: {redact_url(str(exc))}"
+            ) from None
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:
             _sqlite_serialising(self.engine)
@@ -64,7 +73,9 @@ class Store:
             self._migrate()
         except OperationalError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise ConfigError(f"Cannot open store {self.url!r}: {first}") from None
+            raise ConfigError(
+                f"Cannot open store {redact_url(self.url)!r}: {redact_url(first)}"
+            ) from None
 
     def _migrate(self) -> None:
         from alembic import command

@@ -108,6 +108,8 @@ service_datasets = Table(
     Column("owner", String(64), ForeignKey("users.name"), nullable=False, index=True),
     Column("require_approval", Integer, nullable=False),
     Column("created_at", String(40), nullable=False),
+    Column("min_epsilon", Float),
+    Column("max_jobs_per_day", Integer),
 )
 
 grants = Table(

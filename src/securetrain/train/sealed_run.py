@@ -69,7 +69,7 @@ def open_verified(
     data = from_table(
         table,
         label=config.label or header.label,
-        source=str(path),
+        source=path.name,
         sha256=digest,
         features=config.features,
         schema=_declared_schema(config, header),
@@ -150,7 +150,7 @@ def reserve_sealed(config: TrainConfig, keys: ResolvedKeys) -> str:
         epsilon=config.epsilon,
         delta_partition_selection=mechanism.selection_delta,
         parameters={
-            "config": config.model_dump(mode="json"),
+            "config": config.model_dump(mode="json", exclude={"store"}),  # no password kept
             "mechanism": mechanism.model_dump(mode="json"),
         },
     )
