@@ -4,7 +4,9 @@
 waits for them to connect, submits the run and writes the signed bundle. ``join`` starts a site's
 Flower SuperNode, which trains on the site's own data (checked and charged to its own budget).
 Both drive Flower's own executables and CLI, with ``FLWR_TELEMETRY_ENABLED=0`` and runtime
-dependency installation disabled; the Flower app is ``securetrain.federated.deploy``.
+dependency installation disabled; the Flower app is ``securetrain.federated.deploy``. The
+SuperLink's Control API takes only the server's own token, and a site runs only the app bundle
+it pinned (``securetrain.federated.trust``).
 """
 
 from __future__ import annotations
@@ -405,9 +407,7 @@ def join(site: SiteOptions, progress: Progress | None = None) -> dict:
 
     def start() -> subprocess.Popen:
         with log.open("a") as out:
-            return subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work
-            )
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=work)
 
     def refused(proc: subprocess.Popen) -> bool:
         return proc.poll() is not None and NOT_ACTIVATED in log.read_text(errors="replace")
