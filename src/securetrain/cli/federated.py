@@ -26,7 +26,13 @@ RoundsOption = Annotated[int, typer.Option(help="Federated rounds.")]
 SecaggOption = Annotated[
     bool, typer.Option("--secagg", help="SecAgg+: the server sees only the sum of updates.")
 ]
-AggregatorOption = Annotated[str, typer.Option(help="fedavg, krum, median or trimmed-mean.")]
+AggregatorOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (median; fedavg with --secagg or --client-dp), fedavg, krum, median or "
+        "trimmed-mean."
+    ),
+]
 DeltaOption = Annotated[float, typer.Option(help="δ of each site's guarantee.")]
 LocalEpochsOption = Annotated[
     int | None, typer.Option(help="Passes over its data per site per round (default: 10 in all).")
@@ -76,7 +82,7 @@ def simulate_command(
         str, typer.Option(help="iid, or dirichlet:ALPHA for label skew across sites.")
     ] = "iid",
     secagg: SecaggOption = False,
-    aggregator: AggregatorOption = "fedavg",
+    aggregator: AggregatorOption = "auto",
     attack: Annotated[
         str, typer.Option(help="Simulated attack: none, label-flip, sign-flip or scaling.")
     ] = "none",
@@ -116,7 +122,7 @@ def simulate_command(
             "[yellow]warning: --seed makes noise predictable (secure_rng=false on the card)[/yellow]"
         )
     console.print(
-        f"federated run: {sites} sites, {rounds} rounds, {aggregator}"
+        f"federated run: {sites} sites, {rounds} rounds, {config.aggregation}"
         + (", SecAgg+" if secagg else "")
         + (f", {malicious} site(s) attacking ({attack})" if malicious else "")
     )
@@ -135,7 +141,7 @@ def simulate_command(
     )
     m = card.metrics
     console.print(
-        f"global model: test accuracy {m['test_accuracy']:.4f}, test AUC "
+        f"global model: test accuracy {m['test_accuracy']}, test AUC "
         f"{m['test_auc'] if m['test_auc'] is None else format(m['test_auc'], '.4f')}"
     )
     console.print(
@@ -186,7 +192,7 @@ def server_command(
     epsilon: EpsilonOption,
     rounds: RoundsOption = 3,
     secagg: SecaggOption = False,
-    aggregator: AggregatorOption = "fedavg",
+    aggregator: AggregatorOption = "auto",
     delta: DeltaOption = 1e-5,
     local_epochs: LocalEpochsOption = None,
     model: ModelOption = "logreg",

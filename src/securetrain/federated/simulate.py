@@ -295,11 +295,13 @@ def _simulate(
     model.eval()
     x_test = np.concatenate([s.x_test for s in sites])
     y_test = np.concatenate([s.y_test for s in sites])
+    # The held-out size is estimated from the sites' noisy training counts: no new release.
     metrics = dp_metrics(
         predict_proba(model, x_test),
         y_test,
         len(pre.label.classes),
         sigma=count_event(config, held_out_metrics=True).noise_multiplier,
+        n_noisy=sum(s.n_noisy for s in sites) * TEST_FRACTION / (1 - TEST_FRACTION),
         rng=make_keystream(config.seed, stream="metrics"),
     )
     card = federated_card(
