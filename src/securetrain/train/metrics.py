@@ -3,8 +3,8 @@
 The held-out split is private data too, so the card's metrics come from one Gaussian release,
 drawn from the AES-256-CTR keystream (:mod:`securetrain.crypto.keystream`):
 
-- binary label: for each true class, a histogram over ``BINS`` equal bins of the predicted
-  probability of class 1. Adding or removing one record changes one cell by 1, so the release has
+- binary label: for each true class, a histogram over equal bins of the predicted probability
+  of class 1. Adding or removing one record changes one cell by 1, so the release has
   L2 sensitivity 1; accuracy reads the bins above and below 1/2 (the bins' middle edge), AUC the
   whole histogram;
 - multiclass: for each true class, a histogram of every class's predicted probability, plus the
@@ -12,10 +12,13 @@ drawn from the AES-256-CTR keystream (:mod:`securetrain.crypto.keystream`):
   sqrt(classes + 1). Accuracy comes from the confusion matrix, AUC (one-vs-rest, averaged over
   classes) from the histograms.
 
-The noisy counts are used as released (no rounding up to zero, which would bias every small cell
-upwards and pull the AUC to 1/2). The card gives the AUC with a 95% interval for the noise alone
-(delta method: the AUC's gradient in the released counts times the noise scale); it says nothing
-about the sampling error of a small held-out split. Binning alone moves AUC by at most the
+The number of bins is even (1/2 is an edge) and comes from public values alone, the noisy test
+count and the noise scale (:func:`bins_for`): few bins where the noise would swamp many, up to
+``MAX_BINS`` where the split is large. The noisy counts are used as released (no rounding up to
+zero, which would bias every small cell upwards and pull the AUC to 1/2). The card gives the
+AUC with a 95% interval for the noise alone (delta method: the AUC's gradient in the released
+counts times the noise scale); it says nothing about the sampling error of a small held-out
+split. Binning alone moves AUC by at most the
 probability mass of tied pairs within a bin.
 """
 
@@ -31,7 +34,8 @@ from torch import nn
 
 from securetrain.crypto.keystream import Keystream, check_keystream
 
-BINS = 4
+MAX_BINS = 20
+CELL_SIGNAL_TO_NOISE = 2.0  # expected rows per cell over the noise standard deviation, at least
 RELEASE = "test_metrics"
 INTERVAL = 0.95
 
@@ -67,26 +71,35 @@ def _scored(n_classes: int) -> list[int]:
     return [1] if n_classes == 2 else list(range(n_classes))
 
 
+def sensitivity(n_classes: int) -> float:
+    """L2 sensitivity of the release under adding or removing one record."""
+    return 1.0 if n_classes == 2 else math.sqrt(n_classes + 1)
+
+
+def bins_for(n_noisy: float, sigma: float, n_classes: int) -> int:
+    """The most bins (even, 2 to ``MAX_BINS``) whose cells hold, on average, at least
+    ``CELL_SIGNAL_TO_NOISE`` noise standard deviations of rows: from the noisy test count and the
+    noise scale, never from the data themselves."""
+    std = sigma * sensitivity(n_classes)
+    fit = n_noisy / (CELL_SIGNAL_TO_NOISE * std * n_classes) if std > 0 else MAX_BINS
+    return int(min(max(2 * math.floor(fit / 2), 2), MAX_BINS))
+
+
 def _histograms(
-    probs: np.ndarray, y: np.ndarray, n_classes: int
+    probs: np.ndarray, y: np.ndarray, n_classes: int, bins: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Counts [scored class, true class, bin] and, for a multiclass label, the confusion matrix
     [true, predicted] (a binary label's accuracy is read off its histogram)."""
     scored = _scored(n_classes)
-    bins = np.minimum((probs * BINS).astype(int), BINS - 1)
-    hist = np.zeros((len(scored), n_classes, BINS))
+    index = np.minimum((probs * bins).astype(int), bins - 1)
+    hist = np.zeros((len(scored), n_classes, bins))
     for i, k in enumerate(scored):
-        np.add.at(hist[i], (y, bins[:, k]), 1.0)
+        np.add.at(hist[i], (y, index[:, k]), 1.0)
     if n_classes == 2:
         return hist, None
     confusion = np.zeros((n_classes, n_classes))
     np.add.at(confusion, (y, probs.argmax(1)), 1.0)
     return hist, confusion
-
-
-def sensitivity(n_classes: int) -> float:
-    """L2 sensitivity of the release under adding or removing one record."""
-    return 1.0 if n_classes == 2 else math.sqrt(n_classes + 1)
 
 
 def _auc_and_gradient(
@@ -111,17 +124,19 @@ def dp_metrics(
     n_classes: int,
     *,
     sigma: float,
+    n_noisy: float,
     rng: Keystream,
-) -> dict[str, float | list[float] | None]:
+) -> dict[str, float | int | list[float] | None]:
     """Accuracy, AUC and the AUC's 95% noise interval from one Gaussian release (noise
-    multiplier ``sigma`` times :func:`sensitivity`); None where the noisy counts cannot define
-    them."""
+    multiplier ``sigma`` times :func:`sensitivity`, bins from the noisy test count ``n_noisy``);
+    None where the noisy counts cannot define them."""
     check_keystream(rng)
-    hist, confusion = _histograms(probs, y, n_classes)
+    bins = bins_for(n_noisy, sigma, n_classes)
+    hist, confusion = _histograms(probs, y, n_classes, bins)
     std = sigma * sensitivity(n_classes)
     hist = hist + rng.gaussian(std, hist.shape)
     if confusion is None:
-        correct = hist[0, 0, : BINS // 2].sum() + hist[0, 1, BINS // 2 :].sum()
+        correct = hist[0, 0, : bins // 2].sum() + hist[0, 1, bins // 2 :].sum()
         total = hist.sum()
     else:
         confusion = confusion + rng.gaussian(std, confusion.shape)
@@ -134,10 +149,11 @@ def dp_metrics(
             auc, grad_positive, grad_negative = found
             aucs.append(auc)
             variances.append(std**2 * (np.sum(grad_positive**2) + np.sum(grad_negative**2)))
-    metrics: dict[str, float | list[float] | None] = {
+    metrics: dict[str, float | int | list[float] | None] = {
         "test_accuracy": round(float(np.clip(correct / total, 0.0, 1.0)), 4) if total > 0 else None,
         "test_auc": None,
         "test_auc_ci95": None,
+        "histogram_bins": bins,
     }
     if aucs:
         auc = float(np.clip(np.mean(aucs), 0.0, 1.0))

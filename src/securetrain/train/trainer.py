@@ -608,7 +608,12 @@ def card_metrics(
     if plan.dp is None:
         return {**exact_metrics(probs, y, n_classes), "note": NO_DP_METRICS_NOTE}
     metrics: dict[str, Any] = dp_metrics(
-        probs, y, n_classes, sigma=plan.sigma_pre, rng=make_keystream(config.seed, stream="metrics")
+        probs,
+        y,
+        n_classes,
+        sigma=plan.sigma_pre,
+        n_noisy=plan.n_test_noisy,
+        rng=make_keystream(config.seed, stream="metrics"),
     )
     return {**metrics, "note": METRICS_NOTE}
 
