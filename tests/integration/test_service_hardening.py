@@ -28,6 +28,7 @@ from securetrain.service.redact import redact
 from securetrain.store import Store, ledger
 from securetrain.store.audit import entries, now, record, verify_log
 from securetrain.store.schema import jobs, login_failures, runs
+from tests.helpers import one_error_line, run_cli
 from tests.integration.test_service_api import login
 from tests.service_world import BAD_LABELS, PASSWORD, build_world
 
@@ -190,7 +191,7 @@ def test_failed_log_ins_do_not_stall_unrelated_writes(service, monkeypatch) -> N
     monkeypatch.setattr(auth, "_HASHER", probe)
     for i in range(30):
         with TestClient(client.app, client=(f"10.2.0.{i}", 4000)) as guesser:
-            r = guesser.post("/api/v1/auth/login", json={"name": "oscar", "password": f"no{i}"})
+            r = guesser.post("/api/v1/auth/login", json={"name": "mallory", "password": f"no{i}"})
             assert r.status_code in (401, 429)
     assert len(probe.stalled) >= auth.FREE_FAILURES and not any(probe.stalled)
 
@@ -355,3 +356,21 @@ def test_every_response_carries_security_headers_and_the_dashboard_no_inline_cod
     with TestClient(client.app, base_url="https://testserver") as tls:
         r = tls.get("/api/v1/health")
         assert r.headers["strict-transport-security"] == "max-age=31536000"
+
+
+def test_serve_takes_a_tls_certificate_and_key_together(service) -> None:
+    world, _client = service
+    cert = world.root / "cert.pem"
+    cert.write_text("not read: the key is missing\n")
+    args = ["serve", "--data-dir", str(world.settings.data_dir), "--key"]
+    args += [str(world.settings.key_dir), "--store", str(world.settings.store)]
+    one_error_line(
+        run_cli(*args, "--tls-cert", str(cert)),
+        2,
+        "--tls-cert and --tls-key go together. Found only --tls-cert.",
+    )
+    one_error_line(
+        run_cli(*args, "--tls-cert", str(cert), "--tls-key", str(world.root / "no.pem")),
+        2,
+        "--tls-key file not found",
+    )
