@@ -206,6 +206,9 @@ def test_analyst_trains_within_budget_downloads_a_signed_bundle_and_reaches_noth
     audrey = login(client, "audrey")
     assert get(f"/api/v1/jobs/{job}/card", headers=audrey).status_code == 200
     assert get(f"/api/v1/jobs/{job}/bundle", headers=audrey).status_code == 403
+    # No response, nor the signed card in the bundle, names a server path.
+    assert verified.data.source == "ward-a.sealed"
+    assert not any(str(world.root).encode() in body for body in seen)
     # No response carried key material.
     keys = KeySetPaths(world.settings.key_dir)
     secrets = [keys.master.read_bytes(), keys.signing_key.read_bytes()]
