@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sklearn.metrics import accuracy_score, roc_auc_score
+from sqlalchemy import select
 
 from securetrain.data import load_builtin
 from securetrain.data.split import split_mask
@@ -30,12 +31,12 @@ from securetrain.service.app import create_app
 from securetrain.service.jobs import (
     FAILED_AFTER_DECRYPTION,
     FAILED_BEFORE_DECRYPTION,
-    UNDECRYPTED,
     result_dir,
     work,
 )
 from securetrain.store import ledger
 from securetrain.store.audit import entries
+from securetrain.store.schema import jobs
 from securetrain.train.predict import load_model, predict_probabilities
 from tests.integration.test_service_api import BODIES, HEX, MATRIX, PUBLIC, login
 from tests.service_world import BAD_LABELS, World, build_world
@@ -117,7 +118,10 @@ def test_a_job_that_fails_after_decryption_keeps_its_charge_and_only_the_owner_s
     assert client.get(f"/api/v1/jobs/{early}", headers=alice).json()["error"] != (
         FAILED_BEFORE_DECRYPTION
     )
-    assert [run.state for run in ledger.status(world.store, ids[A]).runs][0] in UNDECRYPTED
+    with world.store.transaction() as conn:
+        early_run = conn.execute(select(jobs.c.run_id).where(jobs.c.id == early)).scalar_one()
+    assert ledger.get_run(world.store, early_run).state == "released"
+    assert early_run not in {run.run_id for run in ledger.status(world.store, ids[A]).runs}
     # The audit log, which auditors and admins read, records the kind of error, not its text.
     failures = [e for e in entries(world.store) if e.action == "job.failed"]
     assert [e.details["error"] for e in failures] == ["DataError", "IntegrityError"]

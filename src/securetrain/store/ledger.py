@@ -29,7 +29,7 @@ from securetrain.privacy import (
     events_to_json,
 )
 from securetrain.store.audit import append, current_actor, now, record
-from securetrain.store.engine import Store
+from securetrain.store.engine import Store, redact_url
 from securetrain.store.schema import datasets, privacy_charges, runs
 
 DEFAULT_BUDGET_EPSILON = 3.0
@@ -274,7 +274,7 @@ def get_run(store: Store, run_id: str) -> RunRecord:
     with store.engine.connect() as conn:
         row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
     if row is None:
-        raise DataError(f"No run {run_id!r} in the store {store.url!r}.")
+        raise DataError(f"No run {run_id!r} in the store {redact_url(store.url)!r}.")
     return RunRecord(row.id, row.dataset_id, row.state, json.loads(row.parameters))
 
 
