@@ -248,13 +248,17 @@ def generate_keyset(out: Path, passphrase: str | None = None) -> KeySetPaths:
     return paths
 
 
-def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+def _load_public_pem(path: Path):  # type: ignore[no-untyped-def]
     if not path.is_file():
         raise DataError(f"Public key file not found: {str(path)!r}.")
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        return serialization.load_pem_public_key(path.read_bytes())
     except ValueError:
         raise DataError(f"Not a PEM public key: {str(path)!r}.") from None
+
+
+def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    key = _load_public_pem(path)
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise DataError(f"Public key {str(path)!r} is not an ECDSA P-256 key.")
     return key
@@ -303,12 +307,7 @@ def load_encryption_key(path: Path, passphrase: str | None) -> x25519.X25519Priv
 
 def load_encryption_public_key(path: Path) -> x25519.X25519PublicKey:
     """A recipient's X25519 public key (PEM SubjectPublicKeyInfo)."""
-    if not path.is_file():
-        raise DataError(f"Public key file not found: {str(path)!r}.")
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except ValueError:
-        raise DataError(f"Not a PEM public key: {str(path)!r}.") from None
+    key = _load_public_pem(path)
     if not isinstance(key, x25519.X25519PublicKey):
         raise DataError(f"Public key {str(path)!r} is not an X25519 encryption key.")
     return key
