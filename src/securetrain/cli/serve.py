@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 
 from securetrain.cli.common import PassphraseOption, StoreOption, console
 from securetrain.errors import ConfigError
+from securetrain.service.lifecycle import SHUTDOWN_TIMEOUT
 from securetrain.service.settings import MAX_BODY
 
 users_app = typer.Typer(help="Accounts of the team service.", no_args_is_help=True)
@@ -40,13 +42,26 @@ def _settings(
     return settings
 
 
-def _worker(settings_json: str) -> None:
-    """The job worker, in its own process: jobs never run in a request handler."""
-    from securetrain.service.jobs import work
-    from securetrain.service.settings import ServiceSettings
-
-    settings = ServiceSettings.model_validate_json(settings_json)
-    work(settings.open_store(), settings)
+def _run_until_stopped(server, workers, shutdown, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    """Serve HTTP in a thread until a signal (or the HTTP server's own end), then stop accepting
+    and stop the workers within ``timeout`` seconds of the first signal. False: the HTTP server
+    ended by itself (it could not listen, say)."""
+    http = threading.Thread(target=server.run, name="securetrain-http")
+    http.start()
+    while not shutdown.requested.wait(0.2) and http.is_alive():
+        pass
+    signalled = shutdown.requested.is_set()
+    deadline = (shutdown.started or time.monotonic()) + timeout
+    server.should_exit = True
+    stopper = threading.Thread(target=workers.stop, args=(deadline, shutdown.forced))
+    stopper.start()
+    while http.is_alive() and time.monotonic() < deadline and not shutdown.forced.is_set():
+        http.join(0.2)
+    server.force_exit = True
+    http.join()
+    while stopper.is_alive():
+        stopper.join(0.2)
+    return signalled
 
 
 def serve_command(
@@ -69,18 +84,29 @@ def serve_command(
     max_body: Annotated[
         int, typer.Option(help="Largest request body accepted, in bytes (HTTP 413 above).")
     ] = MAX_BODY,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds from SIGTERM/SIGINT to exit: running jobs stop, workers are killed "
+            "after it."
+        ),
+    ] = SHUTDOWN_TIMEOUT,
     passphrase_env: PassphraseOption = None,
     store: StoreOption = None,
 ) -> None:
     """Run the team service: the HTTP API and dashboard, and job workers in their own
-    processes."""
+    processes. SIGTERM or SIGINT stops it within --shutdown-timeout; a second signal forces it
+    (exit status 1)."""
     import uvicorn
 
     from securetrain.service.app import create_app
+    from securetrain.service.lifecycle import Shutdown, Workers
 
     settings = _settings(data_dir, key, passphrase_env, store, results, max_body)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1. Found {workers}.")
+    if not shutdown_timeout > 0:
+        raise ConfigError(f"--shutdown-timeout must be positive. Found {shutdown_timeout}.")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError(
             "--tls-cert and --tls-key go together. Found only "
@@ -89,17 +115,8 @@ def serve_command(
     for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{option} file not found: {str(path)!r}.")
-    context = multiprocessing.get_context("spawn")
-    procs = [
-        context.Process(target=_worker, args=(settings.model_dump_json(),), daemon=True)
-        for _ in range(workers)
-    ]
-    for proc in procs:
-        proc.start()
-    scheme = "https" if tls_cert is not None else "http"
-    console.print(f"securetrain service on {scheme}://{host}:{port}/ (API: /api/openapi.json)")
-    try:
-        uvicorn.run(
+    server = uvicorn.Server(
+        uvicorn.Config(
             create_app(settings),
             host=host,
             port=port,
@@ -107,10 +124,21 @@ def serve_command(
             ssl_certfile=tls_cert,
             ssl_keyfile=tls_key,
         )
+    )
+    shutdown = Shutdown()
+    try:
+        pool = Workers(settings, workers)
+        pool.start()
+        scheme = "https" if tls_cert is not None else "http"
+        console.print(f"securetrain service on {scheme}://{host}:{port}/ (API: /api/openapi.json)")
+        signalled = _run_until_stopped(server, pool, shutdown, shutdown_timeout)
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.join(timeout=10)
+        shutdown.restore()
+    if not signalled:
+        raise ConfigError(f"The HTTP server on {host}:{port} stopped without a signal (see above).")
+    if shutdown.forced.is_set():
+        raise typer.Exit(1)
+    console.print("securetrain service stopped")
 
 
 @users_app.command("add")

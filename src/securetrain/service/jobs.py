@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -322,11 +324,16 @@ class Cancelled(SecureTrainError):
     """The job was cancelled while it ran."""
 
 
+class Interrupted(SecureTrainError):
+    """The service stopped while the job ran: the job fails at its next step (charge kept)."""
+
+
 class _Recorder:
     """Progress and log lines from the worker to the job's row, at most once a second."""
 
-    def __init__(self, store: Store, job_id: str) -> None:
+    def __init__(self, store: Store, job_id: str, stop: threading.Event | None = None) -> None:
         self.store, self.job_id, self.last, self.lines = store, job_id, 0.0, []
+        self.stop = stop
 
     @property
     def text(self) -> str:
@@ -337,6 +344,8 @@ class _Recorder:
         self.flush(force=True)
 
     def flush(self, progress: float | None = None, force: bool = False) -> None:
+        if progress is not None and self.stop is not None and self.stop.is_set():
+            raise Interrupted(f"Job {self.job_id} was interrupted: the service stopped.")
         if not force and time.monotonic() - self.last < PROGRESS_EVERY:
             return
         self.last = time.monotonic()
@@ -350,8 +359,10 @@ class _Recorder:
             raise Cancelled(f"Job {self.job_id} was cancelled.")
 
 
-def claim(store: Store) -> Job | None:
-    """Take the oldest queued job for this worker (an atomic state change)."""
+def claim(store: Store, on_claim: Callable[[str], None] | None = None) -> Job | None:
+    """Take the oldest queued job for this worker (an atomic state change). ``on_claim`` is
+    told the job's id before the change commits, so that whoever watches the worker knows the
+    job it runs if the worker dies."""
     with store.transaction() as conn:
         row = conn.execute(
             select(jobs).where(jobs.c.state == "queued").order_by(jobs.c.created_at).limit(1)
@@ -365,18 +376,23 @@ def claim(store: Store) -> Job | None:
         )
         if not done.rowcount:
             return None
+        if on_claim is not None:
+            on_claim(row.id)
         append(store, conn, "job.running", row.id, {}, actor=row.submitter)
     return _job(row)
 
 
-def run(store: Store, settings: ServiceSettings, job: Job) -> None:
-    """Run a claimed job to its end state."""
+def run(
+    store: Store, settings: ServiceSettings, job: Job, stop: threading.Event | None = None
+) -> None:
+    """Run a claimed job to its end state; once ``stop`` is set, a running job fails at its
+    next step (:class:`Interrupted`, its charge kept)."""
     from securetrain.attacks.audit import run_audit, write_audit
     from securetrain.train.run import load_data
     from securetrain.train.sealed_run import train_reserved
     from securetrain.train.trainer import resolve_keys
 
-    recorder = _Recorder(store, job.id)
+    recorder = _Recorder(store, job.id, stop)
     req = JobRequest.model_validate(job.params)
     ds = dataset_by_id(store, job.dataset_id)
     withdrawn = _access_withdrawn(store, job, ds)
@@ -454,15 +470,27 @@ def _access_withdrawn(store: Store, job: Job, ds: Dataset) -> str | None:
     return None
 
 
-def work(store: Store, settings: ServiceSettings, *, once: bool = False, idle: float = 1.0) -> int:
-    """The worker loop: run queued jobs one at a time. ``once``: stop when none is queued."""
+def work(
+    store: Store,
+    settings: ServiceSettings,
+    *,
+    once: bool = False,
+    idle: float = 1.0,
+    stop: threading.Event | None = None,
+    on_claim: Callable[[str], None] | None = None,
+) -> int:
+    """The worker loop: run queued jobs one at a time. ``once``: stop when none is queued;
+    ``stop``: claim nothing more once it is set, and interrupt the running job at its next step.
+    ``on_claim``: told each job's id as it is claimed."""
+    stop = stop or threading.Event()
     done = 0
-    while True:
-        job = claim(store)
+    while not stop.is_set():
+        job = claim(store, on_claim)
         if job is None:
             if once:
                 return done
-            time.sleep(idle)
+            stop.wait(idle)
             continue
-        run(store, settings, job)
+        run(store, settings, job, stop)
         done += 1
+    return done

@@ -174,6 +174,13 @@ def _signer(store: Store) -> _Signer:
         return signer
 
 
+def forget_audit_keys() -> None:
+    """Drop every bound audit key set and loaded signing key from this process (at shutdown)."""
+    with _SIGNERS_LOCK:
+        _SIGNERS.clear()
+        _BOUND.clear()
+
+
 def _store_name(store: Store) -> str:
     return _name_of(store.url)
 
