@@ -18,8 +18,11 @@ from securetrain.privacy import (
 )
 
 
-@pytest.mark.parametrize("n", [100, 1_000, 14_000, 20_000, 99_999])
-def test_selection_delta_is_a_fraction_of_the_runs_own_delta(n: int) -> None:
+@pytest.mark.parametrize(
+    ("n", "epochs"),
+    [(100, 2), (1_000, 2), (14_000, 2), (20_000, 2), (99_999, 2), (10**6, 1), (10**7, 1)],
+)
+def test_selection_delta_is_a_fraction_of_the_runs_own_delta(n: int, epochs: int) -> None:
     """With the default δ, the partition-selection δ never eats the run's δ (it did at 10^4+
     rows, where both were 1e-6 and the accounting δ became ≤ 0)."""
     deltas = plan_deltas(n=n, delta=None, selection=True)
@@ -29,12 +32,12 @@ def test_selection_delta_is_a_fraction_of_the_runs_own_delta(n: int) -> None:
     plan = plan_dp_sgd(
         epsilon=1.0,
         n=n,
-        epochs=2,
+        epochs=epochs,
         deltas=deltas,
         fixed_events=[GaussianEvent(30.0, 5)],
     )
     assert plan.epsilon() <= 1.0
-    assert plan.steps == math.ceil(2 / plan.sample_rate * (1 - 1e-12))
+    assert plan.steps == math.ceil(epochs / plan.sample_rate * (1 - 1e-12))
 
 
 def test_default_delta_known_answers() -> None:
