@@ -63,7 +63,10 @@ def demo_command(
     say(f"[bold]securetrain demo[/bold] in {escape(str(run_dir))}")
 
     keys = generate_keyset(run_dir / "keys")
-    say(f"1. keys: master key and ECDSA P-256 signing pair in {escape(str(keys.root))} (0600)")
+    say(
+        "1. keys: master key, ECDSA P-256 signing pair and X25519 encryption pair in "
+        f"{escape(str(keys.root))} (0600)"
+    )
 
     sealed = run_dir / "breast-cancer.sealed"
     header = seal_dataset(
