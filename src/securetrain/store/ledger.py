@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from securetrain.errors import BudgetExceeded, ConfigError, DataError
 from securetrain.privacy import (
@@ -167,6 +167,98 @@ def status(store: Store, dataset_id: str) -> BudgetStatus:
     )
 
 
+def _dataset_or_default(
+    store: Store, conn: Connection, *, dataset_id: str, manifest_digest: str, name: str
+) -> Row[Any]:
+    """The dataset's row, inserted with the default budget (and logged) when it has none."""
+    ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).first()
+    if ds is not None:
+        return ds
+    conn.execute(
+        insert(datasets).values(
+            id=dataset_id,
+            manifest_digest=manifest_digest,
+            name=name,
+            owner=current_actor(),
+            epsilon_budget=DEFAULT_BUDGET_EPSILON,
+            delta=DEFAULT_BUDGET_DELTA,
+            budget_source="default",
+            created_at=now(),
+        )
+    )
+    append(
+        store,
+        conn,
+        "budget.default",
+        name,
+        {
+            "dataset_id": dataset_id,
+            "epsilon": DEFAULT_BUDGET_EPSILON,
+            "delta": DEFAULT_BUDGET_DELTA,
+        },
+    )
+    return conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one()
+
+
+def _refusal(
+    name: str, *, budget: float, delta: float, spent: float, requested: float, total: float
+) -> str:
+    """Why a reservation of ``requested`` ε is refused: ``spent`` of ``budget`` is spent or
+    reserved, and the new run would bring the composed total to ``total``."""
+    return (
+        f"Privacy budget of {name} exceeded: spent or reserved ε = {spent:.4f} of "
+        f"{budget:g} (δ = {delta:g}), remaining {max(0.0, budget - spent):.4f}; "
+        f"this run requests ε = {requested:g}, which would bring the total to {total:.4f}."
+    )
+
+
+def _insert_reservation(
+    store: Store,
+    conn: Connection,
+    charge: RunCharge,
+    *,
+    dataset_id: str,
+    name: str,
+    parameters: dict[str, Any],
+    total: float,
+) -> None:
+    """The run (``reserved``), its planned charge, and the audit log entry."""
+    ts = now()
+    conn.execute(
+        insert(runs).values(
+            id=charge.run_id,
+            dataset_id=dataset_id,
+            state="reserved",
+            actor=current_actor(),
+            parameters=json.dumps(parameters),
+            created_at=ts,
+            updated_at=ts,
+        )
+    )
+    conn.execute(
+        insert(privacy_charges).values(
+            run_id=charge.run_id,
+            dataset_id=dataset_id,
+            events=json.dumps(events_to_json(charge.events)),
+            epsilon=charge.epsilon,
+            delta=charge.delta_partition_selection,
+            basis="planned",
+        )
+    )
+    append(
+        store,
+        conn,
+        "run.reserved",
+        name,
+        {
+            "run_id": charge.run_id,
+            "dataset_id": dataset_id,
+            "epsilon": charge.epsilon,
+            "total_after": total,
+        },
+    )
+
+
 def reserve(
     store: Store,
     *,
@@ -183,32 +275,9 @@ def reserve(
     refusal: str | None = None
     with store.transaction() as conn:
         store.lock_dataset(conn, dataset_id)
-        ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).first()
-        if ds is None:
-            conn.execute(
-                insert(datasets).values(
-                    id=dataset_id,
-                    manifest_digest=manifest_digest,
-                    name=name,
-                    owner=current_actor(),
-                    epsilon_budget=DEFAULT_BUDGET_EPSILON,
-                    delta=DEFAULT_BUDGET_DELTA,
-                    budget_source="default",
-                    created_at=now(),
-                )
-            )
-            append(
-                store,
-                conn,
-                "budget.default",
-                name,
-                {
-                    "dataset_id": dataset_id,
-                    "epsilon": DEFAULT_BUDGET_EPSILON,
-                    "delta": DEFAULT_BUDGET_DELTA,
-                },
-            )
-            ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one()
+        ds = _dataset_or_default(
+            store, conn, dataset_id=dataset_id, manifest_digest=manifest_digest, name=name
+        )
         before = _charges(conn, dataset_id)
         planned = RunCharge(
             run_id, "reserved", epsilon, events, delta_partition_selection, "planned"
@@ -216,45 +285,23 @@ def reserve(
         spent = composed(before, ds.delta)
         total = composed([*before, planned], ds.delta)
         if total > ds.epsilon_budget:
-            refusal = (
-                f"Privacy budget of {name} exceeded: spent or reserved ε = {spent:.4f} of "
-                f"{ds.epsilon_budget:g} (δ = {ds.delta:g}), remaining {max(0.0, ds.epsilon_budget - spent):.4f}; "
-                f"this run requests ε = {epsilon:g}, which would bring the total to {total:.4f}."
+            refusal = _refusal(
+                name,
+                budget=ds.epsilon_budget,
+                delta=ds.delta,
+                spent=spent,
+                requested=epsilon,
+                total=total,
             )
         else:
-            ts = now()
-            conn.execute(
-                insert(runs).values(
-                    id=run_id,
-                    dataset_id=dataset_id,
-                    state="reserved",
-                    actor=current_actor(),
-                    parameters=json.dumps(parameters),
-                    created_at=ts,
-                    updated_at=ts,
-                )
-            )
-            conn.execute(
-                insert(privacy_charges).values(
-                    run_id=run_id,
-                    dataset_id=dataset_id,
-                    events=json.dumps(events_to_json(events)),
-                    epsilon=epsilon,
-                    delta=delta_partition_selection,
-                    basis="planned",
-                )
-            )
-            append(
+            _insert_reservation(
                 store,
                 conn,
-                "run.reserved",
-                name,
-                {
-                    "run_id": run_id,
-                    "dataset_id": dataset_id,
-                    "epsilon": epsilon,
-                    "total_after": total,
-                },
+                planned,
+                dataset_id=dataset_id,
+                name=name,
+                parameters=parameters,
+                total=total,
             )
     if refusal is not None:
         record(store, "run.refused", name, {"dataset_id": dataset_id, "requested_epsilon": epsilon})
