@@ -199,3 +199,12 @@ def test_schema_errors_name_the_problem(tmp_path, schema, message) -> None:
     path.write_text(json.dumps(schema))
     with pytest.raises(DataError, match=message):
         Schema.load(path)
+
+
+def test_bounds_scaling_is_the_center_and_half_width_after_the_transform() -> None:
+    from securetrain.data.preprocess import _bounds_scaling
+
+    out = _bounds_scaling({"a": (-2.0, 6.0), "b": (0.0, 10.0)}, {"a": "linear", "b": "log"})
+    assert out["a"] == (2.0, 4.0)
+    lo, hi = np.log(0.1), np.log(10.1)  # log(x + 1% of the range)
+    assert out["b"] == pytest.approx(((lo + hi) / 2, (hi - lo) / 2), rel=1e-12)

@@ -273,6 +273,123 @@ def noisy_counts(
     return max(float(noisy[0]), 1.0), max(float(noisy[1]), 0.0)
 
 
+Kinds = dict[str, tuple[str, Source]]
+
+
+def _fit_kinds(
+    train: TabularData, noisy_train: float, sigma: float, rng: Keystream, releases: list[str]
+) -> tuple[Kinds, dict[str, np.ndarray], dict[str, list[str | None]]]:
+    """Each column's kind and where it came from, the numeric columns' numbers and the
+    categorical columns' texts; undeclared kinds are one DP release."""
+    schema = train.schema
+    names = train.features.column_names
+    kinds: Kinds = {n: (kind, "declared") for n in names if (kind := schema.kind(n)) is not None}
+    parsed = {n: numbers(train.features.column(n)) for n in names if n not in schema.categories}
+    undeclared = {n: parsed[n][1] for n in names if n not in kinds}
+    if undeclared:
+        releases.append("column_kinds")
+        kinds.update(
+            (n, (kind, "dp")) for n, kind in dp_kinds(undeclared, noisy_train, sigma, rng).items()
+        )
+    numeric = {n: parsed[n][0] for n in names if kinds[n][0] == "numeric"}
+    categorical = {n: texts(train.features.column(n)) for n in names if kinds[n][0] != "numeric"}
+    return kinds, numeric, categorical
+
+
+def _fit_bounds(
+    train: TabularData,
+    numeric: dict[str, np.ndarray],
+    sigma: float,
+    rng: Keystream,
+    releases: list[str],
+) -> dict[str, tuple[float, float]]:
+    """Declared clipping bounds, and DP ones (one release) for the numeric columns without."""
+    bounds = {n: train.schema.bounds[n] for n in numeric if n in train.schema.bounds}
+    undeclared = {n: x for n, x in numeric.items() if n not in bounds}
+    if undeclared:
+        releases.append("numeric_bounds")
+        bounds.update(dp_bounds(undeclared, sigma, rng))
+    return bounds
+
+
+def _fit_categories(
+    train: TabularData,
+    categorical: dict[str, list[str | None]],
+    sigma: float,
+    selection_delta: float,
+    rng: Keystream,
+    releases: list[str],
+) -> tuple[dict[str, list[str]], list[str], float | None, float]:
+    """The selected categories of undeclared categorical columns, the label classes, and the
+    partition selection's threshold and δ (None and 0 when nothing was selected)."""
+    schema = train.schema
+    to_select = {n: v for n, v in categorical.items() if n not in schema.categories}
+    if schema.classes is None:
+        to_select[train.label_name] = list(train.labels)
+    selected: dict[str, list[str]] = {}
+    threshold = None
+    used_selection_delta = 0.0
+    if to_select:
+        releases.append("category_selection")
+        selected, threshold = dp_select(to_select, sigma, selection_delta, rng)
+        used_selection_delta = selection_delta
+    classes = schema.classes if schema.classes is not None else selected.pop(train.label_name)
+    if len(classes) < 2:
+        raise DataError(
+            f"Label column {train.label_name!r}: only {len(classes)} class(es) are frequent enough "
+            "to be released under DP; declare them with --classes A,B or in a schema file."
+        )
+    return selected, classes, threshold, used_selection_delta
+
+
+def _bounds_scaling(
+    bounds: dict[str, tuple[float, float]], transforms: dict[str, str]
+) -> dict[str, tuple[float, float]]:
+    """Each column's center and half-width of its bounds, after its transform."""
+    out = {}
+    for n, (lower, upper) in bounds.items():
+        lo, hi = forward(np.array((lower, upper)), lower, upper, transforms[n])
+        out[n] = (float(lo + hi) / 2, float(hi - lo) / 2)
+    return out
+
+
+def _fit_scaling(
+    numeric: dict[str, np.ndarray],
+    bounds: dict[str, tuple[float, float]],
+    transforms: dict[str, str],
+    noisy_train: float,
+    sigma: float,
+    rng: Keystream,
+    releases: list[str],
+) -> tuple[dict[str, tuple[float, float]], str | None]:
+    """Each numeric column's center and scale: from DP moments of its transformed values (one
+    release), or from its bounds when the rows are too few, with the reason."""
+    by_bounds = _bounds_scaling({n: bounds[n] for n in numeric}, transforms)
+    scaling = dict(by_bounds)
+    if not numeric:
+        return scaling, None
+    predicted_se = sigma * math.sqrt(2 * len(numeric)) / noisy_train
+    if predicted_se > MOMENTS_MAX_STANDARD_ERROR:
+        return scaling, (
+            f"predicted standard error {predicted_se:.3f} of the range exceeds "
+            f"{MOMENTS_MAX_STANDARD_ERROR}; scaled by the bounds instead"
+        )
+    releases.append("moments")
+    names = list(numeric)
+    z = np.stack(
+        [
+            (forward(numeric[n], *bounds[n], transforms[n]) - by_bounds[n][0]) / by_bounds[n][1]
+            for n in names
+        ],
+        axis=1,
+    )
+    mean, sd = dp_moments(z, noisy_train, sigma, rng)
+    for j, n in enumerate(names):
+        center, half = by_bounds[n]
+        scaling[n] = (center + half * mean[j], half * sd[j])
+    return scaling, None
+
+
 def fit_preprocessor(
     train: TabularData,
     *,
@@ -294,69 +411,16 @@ def fit_preprocessor(
     schema = train.schema
     releases = ["counts"]
     noisy_train, noisy_test = counts or noisy_counts(train.n_rows, n_test, sigma, rng)
-
-    names = train.features.column_names
-    kinds = {n: (kind, "declared") for n in names if (kind := schema.kind(n)) is not None}
-    parsed = {n: numbers(train.features.column(n)) for n in names if n not in schema.categories}
-    undeclared = {n: parsed[n][1] for n in names if n not in kinds}
-    if undeclared:
-        releases.append("column_kinds")
-        kinds.update(
-            (n, (kind, "dp")) for n, kind in dp_kinds(undeclared, noisy_train, sigma, rng).items()
-        )
-    numeric = {n: parsed[n][0] for n in names if kinds[n][0] == "numeric"}
-    categorical = {n: texts(train.features.column(n)) for n in names if kinds[n][0] != "numeric"}
-
-    bounds = {n: schema.bounds[n] for n in numeric if n in schema.bounds}
-    undeclared_numeric = {n: x for n, x in numeric.items() if n not in bounds}
-    if undeclared_numeric:
-        releases.append("numeric_bounds")
-        bounds.update(dp_bounds(undeclared_numeric, sigma, rng))
-
-    to_select = {n: v for n, v in categorical.items() if n not in schema.categories}
-    if schema.classes is None:
-        to_select[train.label_name] = list(train.labels)
-    selected: dict[str, list[str]] = {}
-    threshold = None
-    used_selection_delta = 0.0
-    if to_select:
-        releases.append("category_selection")
-        selected, threshold = dp_select(to_select, sigma, selection_delta, rng)
-        used_selection_delta = selection_delta
-    classes = schema.classes if schema.classes is not None else selected.pop(train.label_name)
-    if len(classes) < 2:
-        raise DataError(
-            f"Label column {train.label_name!r}: only {len(classes)} class(es) are frequent enough "
-            "to be released under DP; declare them with --classes A,B or in a schema file."
-        )
-
-    columns: list[NumericColumn | CategoricalColumn] = []
+    kinds, numeric, categorical = _fit_kinds(train, noisy_train, sigma, rng, releases)
+    bounds = _fit_bounds(train, numeric, sigma, rng, releases)
+    selected, classes, threshold, used_selection_delta = _fit_categories(
+        train, categorical, sigma, selection_delta, rng, releases
+    )
     transforms = {n: schema.transforms.get(n, "linear") for n in numeric}
-    t_bounds = {n: tuple(forward(np.array(bounds[n]), *bounds[n], transforms[n])) for n in numeric}
-    centers = {n: (lo + hi) / 2 for n, (lo, hi) in t_bounds.items()}
-    halves = {n: (hi - lo) / 2 for n, (lo, hi) in t_bounds.items()}
-    moments_reason = None
-    scaling: dict[str, tuple[float, float]] = {n: (centers[n], halves[n]) for n in numeric}
-    if numeric:
-        predicted_se = sigma * math.sqrt(2 * len(numeric)) / noisy_train
-        if predicted_se <= MOMENTS_MAX_STANDARD_ERROR:
-            releases.append("moments")
-            names = list(numeric)
-            z = np.stack(
-                [
-                    (forward(numeric[n], *bounds[n], transforms[n]) - centers[n]) / halves[n]
-                    for n in names
-                ],
-                axis=1,
-            )
-            mean, sd = dp_moments(z, noisy_train, sigma, rng)
-            for j, n in enumerate(names):
-                scaling[n] = (centers[n] + halves[n] * mean[j], halves[n] * sd[j])
-        else:
-            moments_reason = (
-                f"predicted standard error {predicted_se:.3f} of the range exceeds "
-                f"{MOMENTS_MAX_STANDARD_ERROR}; scaled by the bounds instead"
-            )
+    scaling, moments_reason = _fit_scaling(
+        numeric, bounds, transforms, noisy_train, sigma, rng, releases
+    )
+    columns: list[NumericColumn | CategoricalColumn] = []
     for name in train.features.column_names:
         if name in numeric:
             lo, hi = bounds[name]
