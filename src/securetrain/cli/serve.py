@@ -13,6 +13,7 @@ import typer
 from securetrain.cli.common import PassphraseOption, StoreOption, console
 from securetrain.errors import ConfigError
 from securetrain.service.lifecycle import SHUTDOWN_TIMEOUT
+from securetrain.service.roles import Role
 from securetrain.service.settings import MAX_BODY
 
 users_app = typer.Typer(help="Accounts of the team service.", no_args_is_help=True)
@@ -144,7 +145,7 @@ def serve_command(
 @users_app.command("add")
 def add_user_command(
     name: Annotated[str, typer.Argument(help="The user name (lower case).")],
-    role: Annotated[str, typer.Option(help="owner, analyst, auditor or admin.")],
+    role: Annotated[str, typer.Option(help=f"One of {', '.join(Role)}.")],
     password_env: Annotated[
         str | None,
         typer.Option(help="Environment variable holding the password (else it is asked for)."),

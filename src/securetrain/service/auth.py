@@ -14,7 +14,6 @@ import hmac
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -22,11 +21,11 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, insert, select, update
 
 from securetrain.errors import ConfigError, SecureTrainError
+from securetrain.service.roles import User, parse_role
 from securetrain.store import Store
 from securetrain.store.audit import append, now
 from securetrain.store.schema import credentials, login_failures, users
 
-ROLES = ("owner", "analyst", "auditor", "admin")
 NAME = re.compile(r"[a-z][a-z0-9_.-]{1,63}")
 MIN_PASSWORD = 12
 SESSION_MINUTES = 30
@@ -50,13 +49,6 @@ class Throttled(SecureTrainError):
         self.retry_after = retry_after
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    role: str
-    credential_id: str | None = None
-
-
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise ConfigError(
@@ -68,8 +60,7 @@ def check_name(name: str) -> str:
 
 def add_user(store: Store, name: str, role: str, password: str) -> User:
     check_name(name)
-    if role not in ROLES:
-        raise ConfigError(f"Role must be one of {', '.join(ROLES)}. Found {role!r}.")
+    role = parse_role(role).value
     if len(password) < MIN_PASSWORD:
         raise ConfigError(
             f"A password needs at least {MIN_PASSWORD} characters. Found {len(password)}."

@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, insert, select, update
 
 from securetrain.errors import ConfigError, SecureTrainError
-from securetrain.service.auth import User
 from securetrain.service.redact import redact
 from securetrain.service.registry import (
     Dataset,
@@ -41,13 +40,22 @@ from securetrain.service.registry import (
     resolve_data_path,
     visible,
 )
+from securetrain.service.roles import (
+    AUDITORS,
+    Role,
+    User,
+    may_cancel,
+    may_decide,
+    may_run,
+    sees_failure_reasons,
+    sees_job,
+)
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
 from securetrain.store.audit import acting_as, append, now
 from securetrain.store.schema import grants, jobs, service_datasets, users
 
 OPEN = ("awaiting_approval", "queued")
-AUDITORS = ("owner", "auditor")  # who may start audits and read their results
 UNDECRYPTED = ("reserved", "released")  # ledger states of a run that decrypted nothing
 FAILED_AFTER_DECRYPTION = (
     "The job failed after the data was decrypted, and its charge stays; the dataset's owner "
@@ -102,7 +110,7 @@ def view(store: Store, user: User, job: Job) -> dict:
     """The job as ``user`` may see it: analysts get a failure's reason only as a generic
     message, since it may describe the decrypted data (a count of missing labels, say)."""
     error = job.error
-    if error is not None and user.role == "analyst":
+    if error is not None and not sees_failure_reasons(user):
         untouched = job.run_id is not None and (
             ledger.get_run(store, job.run_id).state in UNDECRYPTED
         )
@@ -155,23 +163,23 @@ def get(store: Store, user: User, job_id: str) -> Job:
     if row is None:
         raise NotVisible(job_id)
     job = _job(row)
-    if user.role == "auditor":
-        return job
-    if user.role == "analyst" and job.submitter == user.name and job.kind == "train":
-        return job
-    if user.role == "owner" and any(d.id == job.dataset_id for d in visible(store, user)):
+    if sees_job(user, job.submitter, job.kind, lambda: _owns_dataset(store, user, job)):
         return job
     raise NotVisible(job_id)
 
 
+def _owns_dataset(store: Store, user: User, job: Job) -> bool:
+    return job.dataset_id in {d.id for d in visible(store, user)}
+
+
 def listing(store: Store, user: User) -> list[Job]:
     query = select(jobs).order_by(jobs.c.created_at.desc()).limit(200)
-    if user.role == "analyst":
+    if user.role == Role.ANALYST:
         query = query.where(jobs.c.submitter == user.name, jobs.c.kind == "train")
-    elif user.role == "owner":
+    elif user.role == Role.OWNER:
         owned = [d.id for d in visible(store, user)]
         query = query.where(jobs.c.dataset_id.in_(owned))
-    elif user.role != "auditor":
+    elif user.role != Role.AUDITOR:
         return []
     with store.read() as conn:
         return [_job(r) for r in conn.execute(query).all()]
@@ -184,7 +192,7 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
     from securetrain.train.sealed_run import reserve_sealed
     from securetrain.train.trainer import resolve_keys
 
-    if req.kind == "train" and user.role != "analyst":
+    if req.kind == "train" and user.role != Role.ANALYST:
         raise Forbidden("training jobs (analysts submit them)")
     if req.kind == "audit" and user.role not in AUDITORS:
         raise Forbidden("audit jobs (a dataset's owner or an auditor submits them)")
@@ -243,7 +251,7 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
 
 
 def _check_daily_limit(conn, ds: Dataset, user: User) -> None:  # type: ignore[no-untyped-def]
-    if ds.max_jobs_per_day is None or user.role != "analyst":
+    if ds.max_jobs_per_day is None or user.role != Role.ANALYST:
         return
     since = (datetime.now(UTC) - JOB_DAY).isoformat(timespec="microseconds")
     count = conn.execute(
@@ -297,7 +305,7 @@ def _release(store: Store, job: Job, actor: str) -> None:
 def decide(store: Store, user: User, job_id: str, approve: bool) -> Job:
     """The dataset's owner approves or rejects a job awaiting approval."""
     job = get(store, user, job_id)
-    if user.role != "owner" or job.dataset_id not in {d.id for d in visible(store, user)}:
+    if not may_decide(user, lambda: _owns_dataset(store, user, job)):
         raise Forbidden(job_id)
     state = "queued" if approve else "rejected"
     if not _set_state(store, job, state, user.name, ("awaiting_approval",)):
@@ -311,7 +319,7 @@ def cancel(store: Store, user: User, job_id: str) -> Job:
     """Its submitter or the dataset's owner cancels a job. Before it runs, its reservation is
     released; a running job stops at its next step, and what it spent stays spent."""
     job = get(store, user, job_id)
-    if user.role == "auditor" and job.submitter != user.name:
+    if not may_cancel(user, job.submitter):
         raise Forbidden(job_id)
     if _set_state(store, job, "cancelled", user.name, OPEN):
         _release(store, job, user.name)
@@ -460,12 +468,7 @@ def _access_withdrawn(store: Store, job: Job, ds: Dataset) -> str | None:
         ).first()
     if row is None or row.disabled:
         return f"The account {job.submitter!r} was disabled before the job ran."
-    allowed = {
-        "analyst": job.kind == "train" and granted is not None,
-        "owner": job.kind == "audit" and ds.owner == job.submitter,
-        "auditor": job.kind == "audit",
-    }
-    if not allowed.get(row.role, False):
+    if not may_run(row.role, job.kind, granted=granted is not None, owns=ds.owner == job.submitter):
         return f"{job.submitter!r} no longer has access to dataset {ds.id}; the job did not run."
     return None
 

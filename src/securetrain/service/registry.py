@@ -20,7 +20,7 @@ from securetrain.errors import ConfigError, DataError, IntegrityError
 from securetrain.outputs import write_path_atomic
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import Header, verify_sealed
-from securetrain.service.auth import User
+from securetrain.service.roles import Role, User
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
 from securetrain.store.audit import append, now
@@ -91,7 +91,7 @@ def bind_owner_key(
     fingerprint."""
     with store.read() as conn:
         row = conn.execute(select(users).where(users.c.name == owner)).first()
-    if row is None or row.role != "owner" or row.disabled:
+    if row is None or row.role != Role.OWNER or row.disabled:
         raise ConfigError(f"{owner!r} is not an active owner.")
     path = owner_key_path(settings, owner)
     if path.exists():
@@ -193,13 +193,13 @@ def register(
 def visible(store: Store, user: User) -> list[Dataset]:
     """Owners see theirs, analysts those granted to them, auditors all."""
     query = select(service_datasets).order_by(service_datasets.c.created_at)
-    if user.role == "owner":
+    if user.role == Role.OWNER:
         query = query.where(service_datasets.c.owner == user.name)
-    elif user.role == "analyst":
+    elif user.role == Role.ANALYST:
         query = query.join(grants, grants.c.dataset_id == service_datasets.c.id).where(
             grants.c.analyst == user.name
         )
-    elif user.role != "auditor":
+    elif user.role != Role.AUDITOR:
         return []
     with store.read() as conn:
         return [_row_to_dataset(r) for r in conn.execute(query).all()]
@@ -285,7 +285,7 @@ def grant(store: Store, owner: User, dataset_id: str, analyst: str) -> None:
     ds = get_owned(store, owner, dataset_id)
     with store.transaction() as conn:
         row = conn.execute(select(users).where(users.c.name == analyst)).first()
-        if row is None or row.role != "analyst" or row.disabled:
+        if row is None or row.role != Role.ANALYST or row.disabled:
             raise ConfigError(f"{analyst!r} is not an active analyst.")
         conn.execute(
             delete(grants).where(grants.c.dataset_id == ds.id, grants.c.analyst == analyst)
