@@ -27,11 +27,10 @@ import httpx
 import numpy as np
 
 from securetrain.crypto.keys import generate_keyset
-from securetrain.crypto.providers import provider_for_keydir
 from securetrain.data import load_builtin
 from securetrain.sealed import seal_dataset
-from securetrain.service import auth
-from securetrain.store import Store
+from securetrain.service import auth, registry
+from securetrain.service.settings import ServiceSettings
 
 PASSWORD = "load-test password"
 
@@ -43,17 +42,24 @@ def _free_port() -> int:
 
 
 def _prepare(root: Path, store_url: str) -> None:
-    keys = generate_keyset(root / "keys")
+    """The service's key set; an owner with their own key set, sealing for the service's public
+    key; the owner's signing key bound to their account, as an admin would."""
+    service = generate_keyset(root / "keys")
+    owner = generate_keyset(root / "owner-keys")
     (root / "data").mkdir()
     seal_dataset(
         load_builtin("breast-cancer"),
         root / "data" / "ward.sealed",
-        keys=provider_for_keydir(root / "keys"),
-        signing_key=keys.signing_key,
+        recipient=service.encryption_public_key,
+        signing_key=owner.signing_key,
     )
-    store = Store(store_url)
+    settings = ServiceSettings(
+        store=store_url, data_dir=root / "data", key_dir=root / "keys", results_dir=root / "results"
+    )
+    store = settings.open_store()
     auth.add_user(store, "owner", "owner", PASSWORD)
     auth.add_user(store, "analyst", "analyst", PASSWORD)
+    registry.bind_owner_key(store, settings, "owner", owner.public_key.read_bytes(), actor="admin")
 
 
 async def _client(
