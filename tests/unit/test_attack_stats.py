@@ -118,3 +118,32 @@ def test_a_lower_bound_above_the_claim_is_flagged() -> None:
     warning = broken_claim(1.2, 1.0)
     assert warning is not None
     assert "ε ≥ 1.200 exceeds the claimed ε = 1.000" in warning and "Do not release" in warning
+
+
+def test_membership_section_headlines_the_strongest_attack_rounded() -> None:
+    from securetrain.attacks.audit import _mia_doc
+
+    def attack(auc: float) -> dict:
+        return {
+            "auc": auc,
+            "tpr_at_fpr": {"0.01": 0.123456},
+            "balanced_accuracy": 0.55556,
+            "roc": {},
+        }
+
+    doc = _mia_doc(
+        {"loss": attack(0.61234), "lira-offline": attack(0.7)},
+        members=10,
+        non_members=8,
+        reference_models=4,
+        population_rows=8,
+    )
+    assert doc["attack"] == "lira-offline"
+    assert doc["auc"] == 0.7
+    assert (doc["tpr_at_fpr"], doc["balanced_accuracy"]) == ({"0.01": 0.1235}, 0.5556)
+    assert doc["attacks"]["loss"] == {
+        "auc": 0.6123,
+        "tpr_at_fpr": {"0.01": 0.1235},
+        "balanced_accuracy": 0.5556,
+    }
+    assert (doc["members"], doc["non_members"], doc["population_rows"]) == (10, 8, 8)

@@ -7,6 +7,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from securetrain.attacks.canary import CanaryAudit, check_canaries, run_canary_a
 from securetrain.attacks.mia import lira_offline_scores, loss_scores
 from securetrain.attacks.report import COLOURS, Series, histogram, line_plot, render
 from securetrain.attacks.stats import roc_summary, tpr_ceiling
+from securetrain.bundle import ModelCard
 from securetrain.data import TabularData, split_mask
 from securetrain.data.identity import check as check_identity
 from securetrain.data.identity import key_path as data_key_path
@@ -67,6 +69,65 @@ def _dp_plan(card, n: int | None = None) -> DPPlan | None:  # type: ignore[no-un
     )
 
 
+def _reference_models(
+    card: ModelCard,
+    x: np.ndarray,
+    y: np.ndarray,
+    count: int,
+    *,
+    seed: int | None,
+    progress: ProgressCallback | None,
+) -> list[torch.nn.Module]:
+    """Offline LiRA's reference models: trained on population rows with the card's settings."""
+    hp = Hyperparameters(**card.training)
+    references = []
+    for i in range(count):
+        if seed is not None:
+            torch.manual_seed(seed + 1 + i)
+        references.append(
+            fit(
+                build_model(card.model.architecture),
+                torch.from_numpy(x),
+                torch.from_numpy(y),
+                hp=hp,
+                dp=_dp_plan(card, len(x)),
+                seed=None if seed is None else seed + 1 + i,
+                progress=progress,
+            )
+        )
+    return references
+
+
+def _rounded(attack: dict[str, Any]) -> dict[str, Any]:
+    """An attack's AUC, TPR at fixed FPRs and balanced accuracy, to four places."""
+    return {
+        "auc": round(attack["auc"], 4),
+        "tpr_at_fpr": {k: round(v, 4) for k, v in attack["tpr_at_fpr"].items()},
+        "balanced_accuracy": round(attack["balanced_accuracy"], 4),
+    }
+
+
+def _mia_doc(
+    attacks: dict[str, dict[str, Any]],
+    *,
+    members: int,
+    non_members: int,
+    reference_models: int,
+    population_rows: int,
+) -> dict[str, Any]:
+    """``audit.json``'s membership section: the strongest attack (by AUC) first, then each."""
+    headline = max(attacks, key=lambda name: attacks[name]["auc"])
+    return {
+        "attack": headline,
+        **_rounded(attacks[headline]),
+        "members": int(members),
+        "non_members": int(non_members),
+        "reference_models": reference_models,
+        "population_rows": int(population_rows),
+        "attacks": {name: _rounded(a) for name, a in attacks.items()},
+    }
+
+
 def run_audit(
     bundle: Path,
     data: TabularData,
@@ -104,21 +165,9 @@ def run_audit(
     population, non_members = shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2 :]
     hp = Hyperparameters(**card.training)
     arch = card.model.architecture
-    references = []
-    for i in range(reference_models):
-        if seed is not None:
-            torch.manual_seed(seed + 1 + i)
-        references.append(
-            fit(
-                build_model(arch),
-                torch.from_numpy(x[population]),
-                torch.from_numpy(y[population]),
-                hp=hp,
-                dp=_dp_plan(card, len(population)),
-                seed=None if seed is None else seed + 1 + i,
-                progress=progress,
-            )
-        )
+    references = _reference_models(
+        card, x[population], y[population], reference_models, seed=seed, progress=progress
+    )
     scored = np.concatenate([members, non_members])
     is_member = np.r_[np.ones(len(members), bool), np.zeros(len(non_members), bool)]
     attacks = {
@@ -143,30 +192,17 @@ def run_audit(
             seed=seed,
             progress=progress,
         )
-    headline = max(attacks, key=lambda name: attacks[name]["auc"])
-    best = attacks[headline]
     doc = {
         "bundle": str(bundle),
         "claimed_epsilon": claimed,
         "claimed_delta": delta,
-        "mia": {
-            "attack": headline,
-            "auc": round(best["auc"], 4),
-            "tpr_at_fpr": {k: round(v, 4) for k, v in best["tpr_at_fpr"].items()},
-            "balanced_accuracy": round(best["balanced_accuracy"], 4),
-            "members": int(len(members)),
-            "non_members": int(len(non_members)),
-            "reference_models": reference_models,
-            "population_rows": int(len(population)),
-            "attacks": {
-                name: {
-                    "auc": round(a["auc"], 4),
-                    "tpr_at_fpr": {k: round(v, 4) for k, v in a["tpr_at_fpr"].items()},
-                    "balanced_accuracy": round(a["balanced_accuracy"], 4),
-                }
-                for name, a in attacks.items()
-            },
-        },
+        "mia": _mia_doc(
+            attacks,
+            members=len(members),
+            non_members=len(non_members),
+            reference_models=reference_models,
+            population_rows=len(population),
+        ),
         "canary": canary.to_json()
         if canary
         else {"m": 0, "guesses": 0, "correct": 0, "epsilon_lower_bound": 0.0, "confidence": 0.95},
