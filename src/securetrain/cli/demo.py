@@ -12,15 +12,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from securetrain.attacks.audit import run_audit, write_audit
+from securetrain.attacks.audit import AuditResult, run_audit, write_audit
 from securetrain.bundle import verify_bundle
 from securetrain.cli.common import console, training_progress
-from securetrain.crypto import generate_keyset, provider_for_keydir
+from securetrain.crypto import KeySetPaths, generate_keyset, provider_for_keydir
 from securetrain.crypto.signing import signed_manifest_digest
-from securetrain.data import load_builtin
+from securetrain.data import TabularData, load_builtin
 from securetrain.outputs import write_file_atomic
 from securetrain.screening import screen
-from securetrain.sealed import SIGNATURE, seal_dataset, verify_sealed
+from securetrain.sealed import SIGNATURE, Header, seal_dataset, verify_sealed
 from securetrain.store import Store, ledger
 from securetrain.train import TrainConfig, TrainResult, train
 from securetrain.train.run import load_data
@@ -50,24 +50,8 @@ def _row(name: str, result: TrainResult) -> list[str]:
     ]
 
 
-def demo_command(
-    workdir: Annotated[
-        Path, typer.Option(help="Where to write the demo's keys, sealed data and bundles.")
-    ] = Path("securetrain-demo"),
-) -> None:
-    """Seal breast-cancer data, screen it, train on it at ε=1 and without DP, sign and verify
-    everything, and audit both models."""
-    run_dir = workdir / time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=False)
-    say = console.print
-    say(f"[bold]securetrain demo[/bold] in {escape(str(run_dir))}")
-
-    keys = generate_keyset(run_dir / "keys")
-    say(
-        "1. keys: master key, ECDSA P-256 signing pair and X25519 encryption pair in "
-        f"{escape(str(keys.root))} (0600)"
-    )
-
+def _seal(run_dir: Path, keys: KeySetPaths) -> tuple[Path, Header]:
+    """The built-in records sealed for the demo's keys, and their signature verified."""
     sealed = run_dir / "breast-cancer.sealed"
     header = seal_dataset(
         load_builtin(DEMO_DATA),
@@ -75,34 +59,30 @@ def demo_command(
         keys=provider_for_keydir(keys.root),
         signing_key=keys.signing_key,
     )
-    say(
+    console.print(
         f"2. sealed {header.rows} patient records: {header.chunks} AES-256-GCM chunk(s), signed manifest"
     )
-
     verify_sealed(sealed, keys.public_key)
-    say("3. verified the sealed dataset's signature")
-    opened = load_data(TrainConfig(data=str(sealed), key_dir=keys.root))
+    console.print("3. verified the sealed dataset's signature")
+    return sealed, header
+
+
+def _screen(run_dir: Path, opened: TabularData) -> None:
+    """Screen the decrypted records; only row indices go to ``screening.json``."""
     screened = screen(opened)
     report = run_dir / "screening.json"
     write_file_atomic(report, json.dumps(screened.to_json(), indent=2) + "\n")
     found = screened.describe()
-    say(
+    console.print(
         f"   screened {screened.n_rows} rows in memory: {len(screened.flagged_rows)} flagged "
         f"({found}); row indices only in {escape(str(report))}"
     )
-    store = Store()
-    ledger.set_budget(
-        store,
-        dataset_id=header.dataset_id,
-        manifest_digest=signed_manifest_digest(sealed, SIGNATURE),
-        name=sealed.name,
-        epsilon=DEMO_BUDGET,
-        delta=1e-5,
-    )
-    say(
-        f"4. privacy budget of the dataset: ε = {DEMO_BUDGET:g} in the ledger ({escape(store.url)})"
-    )
 
+
+def _train_both(
+    run_dir: Path, keys: KeySetPaths, sealed: Path
+) -> tuple[TrainResult, TrainResult]:
+    """The private model from the sealed data, and the baseline on the same records and split."""
     split_seed = secrets.token_hex(16)
     with training_progress("DP-SGD") as update:
         private = train(
@@ -115,7 +95,9 @@ def demo_command(
             ),
             progress=update,
         )
-    say("5. reserved ε in the ledger, then trained from the sealed data, decrypted in memory only")
+    console.print(
+        "5. reserved ε in the ledger, then trained from the sealed data, decrypted in memory only"
+    )
     # The baseline is not private, so it cannot be charged to the sealed data's budget: it uses
     # the same public scikit-learn records, and the same split, in plaintext.
     with training_progress("baseline") as update:
@@ -129,28 +111,13 @@ def demo_command(
             ),
             progress=update,
         )
+    return private, baseline
 
-    verify_bundle(private.bundle, keys.public_key)
-    verify_bundle(baseline.bundle, keys.public_key)
-    say("6. both bundles are signed (OpenSSF model-signing) and verify")
-    budget = ledger.status(store, header.dataset_id)
-    say(
-        f"7. budget: spent ε = {budget.spent:.3f} of {budget.epsilon_budget:g}, "
-        f"remaining {budget.remaining:.3f} (PLD composition over runs)"
-    )
 
-    with training_progress("audit training") as update:
-        audits = {
-            "private": run_audit(private.bundle, opened, progress=update),
-            "baseline": run_audit(baseline.bundle, load_builtin(DEMO_DATA), progress=update),
-        }
-    write_audit(run_dir / "audit-dp", audits["private"])
-    write_audit(run_dir / "audit-baseline", audits["baseline"])
-    say(
-        "8. audited both models: membership inference (LOSS, offline LiRA) and a one-run "
-        f"canary audit; reports in {escape(str(run_dir / 'audit-dp'))} and audit-baseline"
-    )
-
+def _results_table(
+    private: TrainResult, baseline: TrainResult, audits: dict[str, AuditResult]
+) -> Table:
+    """Both models side by side: privacy, exact and card metrics, and what the audits found."""
     table_out = Table(title="same records, same split")
     for col in (
         "model",
@@ -173,7 +140,64 @@ def demo_command(
             f"{doc['mia']['auc']:.3f}",
             f"{doc['canary']['epsilon_lower_bound']:.3f}",
         )
-    console.print(table_out)
+    return table_out
+
+
+def demo_command(
+    workdir: Annotated[
+        Path, typer.Option(help="Where to write the demo's keys, sealed data and bundles.")
+    ] = Path("securetrain-demo"),
+) -> None:
+    """Seal breast-cancer data, screen it, train on it at ε=1 and without DP, sign and verify
+    everything, and audit both models."""
+    run_dir = workdir / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=False)
+    say = console.print
+    say(f"[bold]securetrain demo[/bold] in {escape(str(run_dir))}")
+
+    keys = generate_keyset(run_dir / "keys")
+    say(
+        "1. keys: master key, ECDSA P-256 signing pair and X25519 encryption pair in "
+        f"{escape(str(keys.root))} (0600)"
+    )
+    sealed, header = _seal(run_dir, keys)
+    opened = load_data(TrainConfig(data=str(sealed), key_dir=keys.root))
+    _screen(run_dir, opened)
+    store = Store()
+    ledger.set_budget(
+        store,
+        dataset_id=header.dataset_id,
+        manifest_digest=signed_manifest_digest(sealed, SIGNATURE),
+        name=sealed.name,
+        epsilon=DEMO_BUDGET,
+        delta=1e-5,
+    )
+    say(
+        f"4. privacy budget of the dataset: ε = {DEMO_BUDGET:g} in the ledger ({escape(store.url)})"
+    )
+
+    private, baseline = _train_both(run_dir, keys, sealed)
+    verify_bundle(private.bundle, keys.public_key)
+    verify_bundle(baseline.bundle, keys.public_key)
+    say("6. both bundles are signed (OpenSSF model-signing) and verify")
+    budget = ledger.status(store, header.dataset_id)
+    say(
+        f"7. budget: spent ε = {budget.spent:.3f} of {budget.epsilon_budget:g}, "
+        f"remaining {budget.remaining:.3f} (PLD composition over runs)"
+    )
+
+    with training_progress("audit training") as update:
+        audits = {
+            "private": run_audit(private.bundle, opened, progress=update),
+            "baseline": run_audit(baseline.bundle, load_builtin(DEMO_DATA), progress=update),
+        }
+    write_audit(run_dir / "audit-dp", audits["private"])
+    write_audit(run_dir / "audit-baseline", audits["baseline"])
+    say(
+        "8. audited both models: membership inference (LOSS, offline LiRA) and a one-run "
+        f"canary audit; reports in {escape(str(run_dir / 'audit-dp'))} and audit-baseline"
+    )
+    console.print(_results_table(private, baseline, audits))
     p = private.card.privacy
     say(f"private bundle:  {escape(str(private.bundle))}")
     say(f"baseline bundle: {escape(str(baseline.bundle))}")
