@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from securetrain.bundle import ModelCard, write_bundle
-from securetrain.bundle.card import DataSection
+from securetrain.bundle.card import Architecture, DataSection
 from securetrain.crypto.keystream import make_keystream
 from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import TabularData, split_mask
@@ -249,9 +249,7 @@ def _simulate(
     store: Store,
     charge: DatasetCharge | None,
 ) -> FederatedResult:
-    from flwr.simulation import run_simulation
-
-    from securetrain.federated.apps import client_app, get_weights, server_app, set_weights
+    from securetrain.federated.apps import set_weights
 
     pre = declared_preprocessor(data)
     rng = np.random.default_rng(secrets.randbits(128) if config.seed is None else config.seed)
@@ -263,47 +261,19 @@ def _simulate(
     site_runs = (
         list(zip(sites, _reserve(store, data, sites, config), strict=True)) if charge is None else []
     )
-    if charge is None:
-        charged_to = "each simulated site's own budget"
-    else:
-        charged_to = (
-            f"the sealed dataset's own budget ({charge.dataset_id}): the sites hold disjoint "
-            "rows, so the charge is one site's events (parallel composition)"
-        )
+    charged_to = _charged_to(charge)
     if config.seed is not None:
         torch.manual_seed(config.seed)
     model = build_model(arch)
-    final: list[list[np.ndarray]] = []
     try:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
-        run_simulation(
-            server_app(config, get_weights(model), final.append),
-            client_app(sites, arch, config, lr, clip),
-            num_supernodes=config.sites,
-            backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"logging_level": "error", "log_to_driver": False},
-            },
-        )
-        if not final:
-            raise SecureTrainError("The federated run ended without a global model.")
+        final = _run_flower(config, sites, arch, model, lr, clip)
     except BaseException:
         for _, run_id in site_runs:
             ledger.transition(store, run_id, "failed")
         raise
-    set_weights(model, final[0])
+    set_weights(model, final)
     model.eval()
-    x_test = np.concatenate([s.x_test for s in sites])
-    y_test = np.concatenate([s.y_test for s in sites])
-    # The held-out size is estimated from the sites' noisy training counts: no new release.
-    metrics = dp_metrics(
-        predict_proba(model, x_test),
-        y_test,
-        len(pre.label.classes),
-        sigma=count_event(config, held_out_metrics=True).noise_multiplier,
-        n_noisy=sum(s.n_noisy for s in sites) * TEST_FRACTION / (1 - TEST_FRACTION),
-        rng=make_keystream(config.seed, stream="metrics"),
-    )
+    metrics = _held_out_metrics(config, model, sites, n_classes=len(pre.label.classes))
     card = federated_card(
         config=config,
         pre=pre,
@@ -342,3 +312,59 @@ def _simulate(
             details={"bundle": str(bundle), "epsilon": site.epsilon},
         )
     return FederatedResult(card, model, bundle, sites, charged_to)
+
+
+def _charged_to(charge: DatasetCharge | None) -> str:
+    """Whose budget a simulation is charged to, in the card's words."""
+    if charge is None:
+        return "each simulated site's own budget"
+    return (
+        f"the sealed dataset's own budget ({charge.dataset_id}): the sites hold disjoint "
+        "rows, so the charge is one site's events (parallel composition)"
+    )
+
+
+def _run_flower(
+    config: FederatedConfig,
+    sites: list[Site],
+    arch: Architecture,
+    model: nn.Module,
+    lr: float,
+    clip: float,
+) -> list[np.ndarray]:
+    """The global model's weights after Flower's simulation engine ran every round."""
+    from flwr.simulation import run_simulation
+
+    from securetrain.federated.apps import client_app, get_weights, server_app
+
+    final: list[list[np.ndarray]] = []
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    run_simulation(
+        server_app(config, get_weights(model), final.append),
+        client_app(sites, arch, config, lr, clip),
+        num_supernodes=config.sites,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": "error", "log_to_driver": False},
+        },
+    )
+    if not final:
+        raise SecureTrainError("The federated run ended without a global model.")
+    return final[0]
+
+
+def _held_out_metrics(
+    config: FederatedConfig, model: nn.Module, sites: list[Site], *, n_classes: int
+) -> dict[str, float | int | list[float] | None]:
+    """DP metrics of the global model on the sites' pooled held-out rows; their count is
+    estimated from the sites' noisy training counts: no new release."""
+    x_test = np.concatenate([s.x_test for s in sites])
+    y_test = np.concatenate([s.y_test for s in sites])
+    return dp_metrics(
+        predict_proba(model, x_test),
+        y_test,
+        n_classes,
+        sigma=count_event(config, held_out_metrics=True).noise_multiplier,
+        n_noisy=sum(s.n_noisy for s in sites) * TEST_FRACTION / (1 - TEST_FRACTION),
+        rng=make_keystream(config.seed, stream="metrics"),
+    )
