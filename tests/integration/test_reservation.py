@@ -15,9 +15,9 @@ from securetrain.errors import BudgetExceeded, ConfigError, DataError, SecurityE
 from securetrain.privacy import PoissonGaussianEvent, compute_epsilon, dominates
 from securetrain.sealed import seal_table, verify_sealed
 from securetrain.store import Store, ledger
-from securetrain.train.run import resolve_keys
-from securetrain.train.sealed_run import reserve_sealed, train_reserved
-from securetrain.train.trainer import apply_classes, make_plan, plan_mechanism, run_events
+from securetrain.train import reserve_sealed, resolve_keys, train_reserved
+from securetrain.train.plan import make_plan, plan_mechanism, run_events
+from securetrain.train.trainer import apply_classes
 
 
 def _table(n: int, seed: int) -> pa.Table:

@@ -5,9 +5,7 @@ import numpy as np
 from securetrain.attacks import canary
 from securetrain.bundle.card import Architecture
 from securetrain.engine import DPOptimizer
-from securetrain.train import trainer
-from securetrain.train.config import Hyperparameters
-from securetrain.train.trainer import DPPlan
+from securetrain.train import DPPlan, Hyperparameters, loop
 
 
 def test_the_retrain_divides_by_the_bundles_expected_batch_not_the_rows_with_canaries(
@@ -20,7 +18,7 @@ def test_the_retrain_divides_by_the_bundles_expected_batch_not_the_rows_with_can
             super().__init__(*args, **kwargs)
             seen.append(self)
 
-    monkeypatch.setattr(trainer, "DPOptimizer", Recording)
+    monkeypatch.setattr(loop, "DPOptimizer", Recording)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 3)), rng.integers(0, 2, 60)
     pool_x, pool_y = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)

@@ -1,17 +1,46 @@
 """The training pipeline and built-in models."""
 
-from securetrain.train.config import TrainConfig
-from securetrain.train.models import MODELS, build_model
-from securetrain.train.run import train
-from securetrain.train.trainer import NO_DP_WARNING, StepInfo, TrainResult, evaluate
+from securetrain.train.card import NO_DP_WARNING, TrainResult, evaluate, signing_section
+from securetrain.train.config import Hyperparameters, TrainConfig
+from securetrain.train.loop import ProgressCallback, StepInfo, fit
+from securetrain.train.metrics import dp_metrics, predict_proba
+from securetrain.train.models import MODELS, architecture_for, build_model
+from securetrain.train.plan import DPPlan
+from securetrain.train.predict import check_signature, load_model, predict_file
+from securetrain.train.run import load_data, train
+from securetrain.train.sealed_run import (
+    open_verified,
+    reserve_sealed,
+    train_reserved,
+    verified_header,
+)
+from securetrain.train.trainer import ResolvedKeys, resolve_keys
 
 __all__ = [
+    "DPPlan",
+    "Hyperparameters",
     "MODELS",
     "NO_DP_WARNING",
+    "ProgressCallback",
+    "ResolvedKeys",
     "StepInfo",
     "TrainConfig",
     "TrainResult",
+    "architecture_for",
     "build_model",
+    "check_signature",
+    "dp_metrics",
     "evaluate",
+    "fit",
+    "load_data",
+    "load_model",
+    "open_verified",
+    "predict_file",
+    "predict_proba",
+    "reserve_sealed",
+    "resolve_keys",
+    "signing_section",
     "train",
+    "train_reserved",
+    "verified_header",
 ]

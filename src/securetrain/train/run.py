@@ -8,7 +8,9 @@ from securetrain.data import TabularData
 from securetrain.errors import ConfigError
 from securetrain.outputs import check_new_dir
 from securetrain.sealed import is_sealed
+from securetrain.train.card import TrainResult
 from securetrain.train.config import TrainConfig
+from securetrain.train.loop import ProgressCallback
 from securetrain.train.sealed_run import (
     open_verified,
     resume_sealed,
@@ -16,13 +18,7 @@ from securetrain.train.sealed_run import (
     train_sealed,
     verified_header,
 )
-from securetrain.train.trainer import (
-    ProgressCallback,
-    TrainResult,
-    load_for,
-    resolve_keys,
-    train_loaded,
-)
+from securetrain.train.trainer import load_for, resolve_keys, train_loaded
 
 
 def load_data(config: TrainConfig) -> TabularData:

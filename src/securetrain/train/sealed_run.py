@@ -16,19 +16,17 @@ from securetrain.privacy import events_from_json
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import Header, check_key, open_sealed, verify_sealed
 from securetrain.store import Store, ledger
-from securetrain.train.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
-from securetrain.train.config import TrainConfig
-from securetrain.train.trainer import (
-    MechanismPlan,
-    ProgressCallback,
-    ResolvedKeys,
-    RunPlan,
+from securetrain.train.card import TrainResult
+from securetrain.train.checkpoint import (
     TrainingState,
-    TrainResult,
-    apply_classes,
-    plan_mechanism,
-    train_loaded,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
 )
+from securetrain.train.config import TrainConfig
+from securetrain.train.loop import ProgressCallback
+from securetrain.train.plan import MechanismPlan, RunPlan, plan_mechanism
+from securetrain.train.trainer import ResolvedKeys, apply_classes, train_loaded
 
 
 def _declared_schema(config: TrainConfig, header: Header) -> Schema | None:
