@@ -288,7 +288,7 @@ def test_no_server_path_traceback_or_store_password_reaches_users(service, monke
     def broken(config):  # type: ignore[no-untyped-def]
         raise KeyError(f"nothing at {config.data}")
 
-    monkeypatch.setattr(importlib.import_module("securetrain.train.run"), "load_data", broken)
+    monkeypatch.setattr(importlib.import_module("securetrain.train"), "load_data", broken)
     r = client.post(
         "/api/v1/jobs",
         json={"dataset_id": ds, "kind": "audit", "train_job": parent},

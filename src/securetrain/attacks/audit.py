@@ -22,10 +22,14 @@ from securetrain.data.identity import check as check_identity
 from securetrain.data.identity import key_path as data_key_path
 from securetrain.errors import ConfigError, DataError
 from securetrain.outputs import write_dir_atomic
-from securetrain.train.config import Hyperparameters
-from securetrain.train.models import build_model
-from securetrain.train.predict import load_model
-from securetrain.train.trainer import DPPlan, ProgressCallback, fit
+from securetrain.train import (
+    DPPlan,
+    Hyperparameters,
+    ProgressCallback,
+    build_model,
+    fit,
+    load_model,
+)
 
 DEFAULT_CANARIES = 100
 

@@ -16,9 +16,7 @@ from securetrain.attacks.mia import loss_scores
 from securetrain.attacks.stats import one_run_epsilon_lower_bound
 from securetrain.bundle.card import Architecture
 from securetrain.errors import ConfigError
-from securetrain.train.config import Hyperparameters
-from securetrain.train.models import build_model
-from securetrain.train.trainer import DPPlan, ProgressCallback, fit
+from securetrain.train import DPPlan, Hyperparameters, ProgressCallback, build_model, fit
 
 
 def guess_sizes(m: int) -> list[int]:

@@ -20,9 +20,7 @@ from securetrain.cli.common import (
 from securetrain.cli.common import audit as log_action
 from securetrain.crypto import KeySetPaths
 from securetrain.outputs import check_new_dir
-from securetrain.train import TrainConfig
-from securetrain.train.predict import check_signature
-from securetrain.train.run import load_data
+from securetrain.train import TrainConfig, check_signature, load_data
 
 
 def audit_command(

@@ -22,8 +22,7 @@ from securetrain.outputs import write_file_atomic
 from securetrain.screening import screen
 from securetrain.sealed import SIGNATURE, Header, seal_dataset, verify_sealed
 from securetrain.store import Store, ledger
-from securetrain.train import TrainConfig, TrainResult, train
-from securetrain.train.run import load_data
+from securetrain.train import TrainConfig, TrainResult, load_data, train
 
 DEMO_DATA = "builtin:breast-cancer"
 DEMO_EPSILON = 1.0

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from securetrain.cli.common import audit, console, err_console
-from securetrain.train.predict import predict_file
+from securetrain.train import predict_file
 
 
 def predict_command(

@@ -20,8 +20,7 @@ from securetrain.cli.common import (
 )
 from securetrain.outputs import check_new_file, write_file_atomic
 from securetrain.screening import screen
-from securetrain.train import TrainConfig
-from securetrain.train.run import load_data
+from securetrain.train import TrainConfig, load_data
 
 
 def screen_command(

@@ -47,7 +47,7 @@ from securetrain.engine.noise import gaussian_noise, make_generator
 from securetrain.errors import ConfigError
 from securetrain.federated.config import FederatedConfig
 from securetrain.federated.sites import Site, clip_update, local_round
-from securetrain.train.models import build_model
+from securetrain.train import build_model
 
 TRIM_FRACTION = 0.2
 ROUNDS_STATE = "securetrain.rounds"

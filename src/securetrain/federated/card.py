@@ -14,7 +14,7 @@ from securetrain.crypto.keystream import rng_description
 from securetrain.data.preprocess import Preprocessor
 from securetrain.federated.config import FederatedConfig
 from securetrain.privacy import GaussianEvent, compute_epsilon, events_to_json
-from securetrain.train.trainer import signing_section
+from securetrain.train import signing_section
 
 CLIENT_NEIGHBOURING = "add/remove one site"
 

@@ -39,9 +39,7 @@ from securetrain.federated.config import FederatedConfig
 from securetrain.federated.sites import Site, local_round, plan_site
 from securetrain.privacy import events_to_json
 from securetrain.store import Store, ledger
-from securetrain.train import TrainConfig
-from securetrain.train.models import architecture_for, build_model
-from securetrain.train.run import load_data
+from securetrain.train import TrainConfig, architecture_for, build_model, load_data
 
 SETTINGS = "settings"
 RESULT_DIR = "result-dir"

@@ -49,10 +49,7 @@ from securetrain.federated.trust import (
     store_cli_token,
 )
 from securetrain.outputs import check_new_dir
-from securetrain.train import TrainConfig
-from securetrain.train.models import architecture_for, build_model
-from securetrain.train.run import load_data
-from securetrain.train.trainer import resolve_keys
+from securetrain.train import TrainConfig, architecture_for, build_model, load_data, resolve_keys
 
 CONNECTION = "securetrain"
 START_TIMEOUT = 60.0

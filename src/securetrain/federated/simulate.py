@@ -34,12 +34,18 @@ from securetrain.privacy import (
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import Header, check_key, is_sealed
 from securetrain.store import Store, ledger
-from securetrain.train import TrainConfig
-from securetrain.train.metrics import dp_metrics, predict_proba
-from securetrain.train.models import architecture_for, build_model
-from securetrain.train.run import load_data
-from securetrain.train.sealed_run import open_verified, verified_header
-from securetrain.train.trainer import ResolvedKeys, resolve_keys
+from securetrain.train import (
+    ResolvedKeys,
+    TrainConfig,
+    architecture_for,
+    build_model,
+    dp_metrics,
+    load_data,
+    open_verified,
+    predict_proba,
+    resolve_keys,
+    verified_header,
+)
 
 TEST_FRACTION = 0.3
 METRICS_NOTE = (

@@ -20,8 +20,7 @@ from securetrain.privacy import (
     plan_deltas,
     plan_dp_sgd,
 )
-from securetrain.train.config import Hyperparameters
-from securetrain.train.trainer import DPPlan, fit
+from securetrain.train import DPPlan, Hyperparameters, fit
 
 COUNT_SHARE = 0.1  # of each site's ε, spent on its noisy row count (and held-out metrics)
 MIN_SITE_ROWS = 10

@@ -189,8 +189,7 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
     """Check access, reserve the ε (training) and queue the job, or hold it for approval.
     Analysts submit training jobs; owners (on their datasets) and auditors submit audits, which
     are queued at once."""
-    from securetrain.train.sealed_run import reserve_sealed
-    from securetrain.train.trainer import resolve_keys
+    from securetrain.train import reserve_sealed, resolve_keys
 
     if req.kind == "train" and user.role != Role.ANALYST:
         raise Forbidden("training jobs (analysts submit them)")
@@ -396,9 +395,7 @@ def run(
     """Run a claimed job to its end state; once ``stop`` is set, a running job fails at its
     next step (:class:`Interrupted`, its charge kept)."""
     from securetrain.attacks.audit import run_audit, write_audit
-    from securetrain.train.run import load_data
-    from securetrain.train.sealed_run import train_reserved
-    from securetrain.train.trainer import resolve_keys
+    from securetrain.train import load_data, resolve_keys, train_reserved
 
     recorder = _Recorder(store, job.id, stop)
     req = JobRequest.model_validate(job.params)
