@@ -1,9 +1,9 @@
 """The training pipeline and built-in models."""
 
-from securetrain.train.card import NO_DP_WARNING, TrainResult, evaluate, signing_section
+from securetrain.train.card import NO_DP_WARNING, TrainResult, signing_section
 from securetrain.train.config import Hyperparameters, TrainConfig
 from securetrain.train.loop import ProgressCallback, StepInfo, fit
-from securetrain.train.metrics import dp_metrics, predict_proba
+from securetrain.train.metrics import dp_metrics, evaluate, predict_proba
 from securetrain.train.models import MODELS, architecture_for, build_model
 from securetrain.train.plan import DPPlan
 from securetrain.train.predict import check_signature, load_model, predict_file

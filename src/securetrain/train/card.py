@@ -50,13 +50,6 @@ class TrainResult:
     """Exact held-out metrics and screening counts: for whoever holds the data, not the card."""
 
 
-def evaluate(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int
-) -> dict[str, float | None]:
-    """Exact held-out accuracy and AUC (for the data's holder; the card gets DP ones)."""
-    return exact_metrics(predict_proba(model, x), y, n_classes)
-
-
 def no_dp_privacy(plan: RunPlan, *, steps: int, seed: int | None) -> PrivacySection:
     """The privacy section of a ``--no-dp`` baseline: no guarantee, and a warning that says so."""
     return PrivacySection(

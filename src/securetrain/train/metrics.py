@@ -66,6 +66,13 @@ def exact_metrics(probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str,
     return metrics
 
 
+def evaluate(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int
+) -> dict[str, float | None]:
+    """Exact held-out accuracy and AUC (for the data's holder; the card gets DP ones)."""
+    return exact_metrics(predict_proba(model, x), y, n_classes)
+
+
 def _scored(n_classes: int) -> list[int]:
     """The classes whose probability is histogrammed: class 1 for a binary label, else all."""
     return [1] if n_classes == 2 else list(range(n_classes))
