@@ -1,8 +1,9 @@
 """Regenerate the hash-pinned lock files from the versions installed in this environment.
 
 Run by ``make lock`` inside a virtual environment built from the ranges in ``pyproject.toml``.
-The runtime lock holds everything ``securetrain`` needs except torch (installed first, by exact
-version, from the CPU wheel); the dev lock holds what ``securetrain[dev]`` adds. Hashes come
+The runtime lock holds everything the core library needs except torch (installed first, by exact
+version, from the CPU wheel); the extras lock holds what ``securetrain[federated,service]`` adds,
+and the dev lock what ``securetrain[dev]`` adds on top. Hashes come
 from PyPI through ``uv pip compile --generate-hashes``, one line per pinned distribution.
 """
 
@@ -63,9 +64,11 @@ def compile_lock(names: set[str], out: Path) -> None:
 
 def main() -> None:
     runtime = closure(())
-    dev = closure(("dev",)) - runtime
+    extras = closure(("federated", "service")) - runtime
+    dev = closure(("dev",)) - runtime - extras
     (ROOT / "requirements").mkdir(exist_ok=True)
     compile_lock(runtime, ROOT / "requirements" / "runtime.lock")
+    compile_lock(extras, ROOT / "requirements" / "extras.lock")
     compile_lock(dev, ROOT / "requirements" / "dev.lock")
 
 

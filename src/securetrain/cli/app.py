@@ -48,6 +48,29 @@ EXIT_USER_ERROR = 2
 EXIT_SECURITY_FAILURE = 3
 EXIT_BUDGET_EXCEEDED = 4
 
+# The optional extra that provides each third-party package the core library does not install.
+EXTRA_OF = {
+    "flwr": "federated",
+    "ray": "federated",
+    "fastapi": "service",
+    "starlette": "service",
+    "uvicorn": "service",
+    "psycopg": "service",
+    "argon2": "service",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line message for a command that needs an extra not installed, else None."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF.get(module)
+    if extra is None:
+        return None
+    return (
+        f"This command needs securetrain's [{extra}] extra; module {module!r} is not installed. "
+        f"Install it with: pip install 'securetrain[{extra}]'"
+    )
+
 
 def _audit_failure(exc: SecurityError) -> None:
     """Record a failed security check; never let logging hide the failure itself."""
@@ -82,6 +105,11 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        if (message := missing_extra(exc)) is None:
+            raise
+        _print_error(Exception(message))
+        sys.exit(EXIT_USER_ERROR)
     except Exception as exc:
         from click.exceptions import ClickException
 
