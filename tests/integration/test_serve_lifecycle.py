@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from securetrain.service.app import create_app
-from securetrain.service.jobs import claim
+from securetrain.service.worker import claim
 from securetrain.store import ledger
 from securetrain.store.audit import entries
 from securetrain.store.schema import jobs

@@ -32,8 +32,8 @@ from securetrain.service.jobs import (
     FAILED_AFTER_DECRYPTION,
     FAILED_BEFORE_DECRYPTION,
     result_dir,
-    work,
 )
+from securetrain.service.worker import work
 from securetrain.store import ledger
 from securetrain.store.audit import entries
 from securetrain.store.schema import jobs

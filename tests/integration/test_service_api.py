@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from securetrain.bundle import verify_bundle
 from securetrain.crypto.keys import KeySetPaths
 from securetrain.service.app import create_app
-from securetrain.service.jobs import work
+from securetrain.service.worker import work
 from securetrain.store import ledger
 from securetrain.store.audit import entries, verify_log
 from tests.service_world import PASSWORD, build_world

@@ -25,8 +25,9 @@ from securetrain.sealed import SIGNATURE
 from securetrain.service import auth
 from securetrain.service.app import create_app
 from securetrain.service.guards import BodyLimit
-from securetrain.service.jobs import FAILED_BEFORE_DECRYPTION, result_dir, work
+from securetrain.service.jobs import FAILED_BEFORE_DECRYPTION, result_dir
 from securetrain.service.redact import redact
+from securetrain.service.worker import work
 from securetrain.store import Store, ledger
 from securetrain.store.audit import entries, now, record, verify_log
 from securetrain.store.schema import jobs, login_failures, runs

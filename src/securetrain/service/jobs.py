@@ -3,7 +3,8 @@ budget), run by a worker process, never in a request handler.
 
 A training job's ε is reserved in the ledger when it is submitted (from the sealed header
 alone, nothing decrypted). Rejecting or cancelling it before it runs releases the reservation;
-once the worker has decrypted the data, the charge stays, whatever happens next.
+once the worker (:mod:`securetrain.service.worker`) has decrypted the data, the charge stays,
+whatever happens next.
 
 An audit job audits the bundle of a finished training job on the same dataset. Its results are
 exact statistics over the training rows (membership counts, ROC curves, retrained models), not
@@ -15,26 +16,20 @@ may describe the data, goes to the owner and auditors.
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 
 from securetrain.errors import ConfigError, SecureTrainError
-from securetrain.service.redact import redact
 from securetrain.service.registry import (
     Dataset,
     Forbidden,
     NotVisible,
-    dataset_by_id,
     get_visible,
     owner_key_path,
     resolve_data_path,
@@ -46,14 +41,16 @@ from securetrain.service.roles import (
     User,
     may_cancel,
     may_decide,
-    may_run,
     sees_failure_reasons,
     sees_job,
 )
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
 from securetrain.store.audit import acting_as, append, now
-from securetrain.store.schema import grants, jobs, service_datasets, users
+from securetrain.store.schema import jobs, service_datasets
+
+if TYPE_CHECKING:
+    from securetrain.train import TrainConfig
 
 OPEN = ("awaiting_approval", "queued")
 UNDECRYPTED = ("reserved", "released")  # ledger states of a run that decrypted nothing
@@ -64,9 +61,7 @@ FAILED_AFTER_DECRYPTION = (
 FAILED_BEFORE_DECRYPTION = (
     "The job failed before any data was decrypted; the dataset's owner can see the reason."
 )
-PROGRESS_EVERY = 1.0  # seconds between progress writes
 JOB_DAY = timedelta(hours=24)  # the window of a dataset's jobs-per-analyst limit
-_LOG = logging.getLogger(__name__)
 
 
 class LimitReached(SecureTrainError):
@@ -130,7 +125,7 @@ def view(store: Store, user: User, job: Job) -> dict:
     }
 
 
-def _job(row) -> Job:  # type: ignore[no-untyped-def]
+def from_row(row: Row[Any]) -> Job:
     return Job(**{**row._asdict(), "params": json.loads(row.params)})
 
 
@@ -138,7 +133,11 @@ def result_dir(settings: ServiceSettings, job_id: str) -> Path:
     return settings.results / job_id
 
 
-def _train_config(settings: ServiceSettings, ds: Dataset, job_id: str, req: JobRequest):  # type: ignore[no-untyped-def]
+def train_config(
+    settings: ServiceSettings, ds: Dataset, job_id: str, req: JobRequest
+) -> TrainConfig:
+    """The job's training settings: the dataset in the data directory, the bundle in the
+    job's result directory, and only the dataset owner's signature accepted."""
     from securetrain.train import TrainConfig
 
     return TrainConfig(
@@ -150,7 +149,7 @@ def _train_config(settings: ServiceSettings, ds: Dataset, job_id: str, req: JobR
         classes=req.classes,
         store=settings.store,
         key_dir=settings.key_dir,
-        public_key=owner_key_path(settings, ds.owner),  # only the owner's signature is accepted
+        public_key=owner_key_path(settings, ds.owner),
         passphrase_env=settings.passphrase_env,
     )
 
@@ -162,7 +161,7 @@ def get(store: Store, user: User, job_id: str) -> Job:
         row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
     if row is None:
         raise NotVisible(job_id)
-    job = _job(row)
+    job = from_row(row)
     if sees_job(user, job.submitter, job.kind, lambda: _owns_dataset(store, user, job)):
         return job
     raise NotVisible(job_id)
@@ -182,7 +181,7 @@ def listing(store: Store, user: User) -> list[Job]:
     elif user.role != Role.AUDITOR:
         return []
     with store.read() as conn:
-        return [_job(r) for r in conn.execute(query).all()]
+        return [from_row(r) for r in conn.execute(query).all()]
 
 
 def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest) -> Job:
@@ -208,7 +207,7 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
             )
         with store.read() as conn:
             _check_daily_limit(conn, ds, user)
-        config = _train_config(settings, ds, job_id, req)
+        config = train_config(settings, ds, job_id, req)
         with acting_as(user.name):
             run_id = reserve_sealed(config, resolve_keys(config))
         epsilon = req.epsilon
@@ -249,7 +248,7 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
     return get(store, user, job_id)
 
 
-def _check_daily_limit(conn, ds: Dataset, user: User) -> None:  # type: ignore[no-untyped-def]
+def _check_daily_limit(conn: Connection, ds: Dataset, user: User) -> None:
     if ds.max_jobs_per_day is None or user.role != Role.ANALYST:
         return
     since = (datetime.now(UTC) - JOB_DAY).isoformat(timespec="microseconds")
@@ -295,7 +294,8 @@ def _set_state(store: Store, job: Job, state: str, actor: str, expect: tuple[str
     return bool(done.rowcount)
 
 
-def _release(store: Store, job: Job, actor: str) -> None:
+def release_reservation(store: Store, job: Job, actor: str) -> None:
+    """Release the job's ε reservation (a job that never decrypted anything)."""
     if job.run_id is not None:
         with acting_as(actor):
             ledger.transition(store, job.run_id, "released", details={"job": job.id})
@@ -310,7 +310,7 @@ def decide(store: Store, user: User, job_id: str, approve: bool) -> Job:
     if not _set_state(store, job, state, user.name, ("awaiting_approval",)):
         raise ConfigError(f"Job {job_id} is {job.state}, not awaiting approval.")
     if not approve:
-        _release(store, job, user.name)
+        release_reservation(store, job, user.name)
     return get(store, user, job_id)
 
 
@@ -321,176 +321,7 @@ def cancel(store: Store, user: User, job_id: str) -> Job:
     if not may_cancel(user, job.submitter):
         raise Forbidden(job_id)
     if _set_state(store, job, "cancelled", user.name, OPEN):
-        _release(store, job, user.name)
+        release_reservation(store, job, user.name)
     elif not _set_state(store, job, "cancelling", user.name, ("running",)):
         raise ConfigError(f"Job {job_id} is {job.state}; it can no longer be cancelled.")
     return get(store, user, job_id)
-
-
-class Cancelled(SecureTrainError):
-    """The job was cancelled while it ran."""
-
-
-class Interrupted(SecureTrainError):
-    """The service stopped while the job ran: the job fails at its next step (charge kept)."""
-
-
-class _Recorder:
-    """Progress and log lines from the worker to the job's row, at most once a second."""
-
-    def __init__(self, store: Store, job_id: str, stop: threading.Event | None = None) -> None:
-        self.store, self.job_id, self.last, self.lines = store, job_id, 0.0, []
-        self.stop = stop
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines[-500:])
-
-    def log(self, line: str) -> None:
-        self.lines.append(f"{now()} {line}")
-        self.flush(force=True)
-
-    def flush(self, progress: float | None = None, force: bool = False) -> None:
-        if progress is not None and self.stop is not None and self.stop.is_set():
-            raise Interrupted(f"Job {self.job_id} was interrupted: the service stopped.")
-        if not force and time.monotonic() - self.last < PROGRESS_EVERY:
-            return
-        self.last = time.monotonic()
-        values: dict = {"log": self.text, "updated_at": now()}
-        if progress is not None:
-            values["progress"] = progress
-        with self.store.transaction() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == self.job_id).values(**values))
-            state = conn.execute(select(jobs.c.state).where(jobs.c.id == self.job_id)).scalar()
-        if state == "cancelling":
-            raise Cancelled(f"Job {self.job_id} was cancelled.")
-
-
-def claim(store: Store, on_claim: Callable[[str], None] | None = None) -> Job | None:
-    """Take the oldest queued job for this worker (an atomic state change). ``on_claim`` is
-    told the job's id before the change commits, so that whoever watches the worker knows the
-    job it runs if the worker dies."""
-    with store.transaction() as conn:
-        row = conn.execute(
-            select(jobs).where(jobs.c.state == "queued").order_by(jobs.c.created_at).limit(1)
-        ).first()
-        if row is None:
-            return None
-        done = conn.execute(
-            update(jobs)
-            .where(jobs.c.id == row.id, jobs.c.state == "queued")
-            .values(state="running", updated_at=now())
-        )
-        if not done.rowcount:
-            return None
-        if on_claim is not None:
-            on_claim(row.id)
-        append(store, conn, "job.running", row.id, {}, actor=row.submitter)
-    return _job(row)
-
-
-def run(
-    store: Store, settings: ServiceSettings, job: Job, stop: threading.Event | None = None
-) -> None:
-    """Run a claimed job to its end state; once ``stop`` is set, a running job fails at its
-    next step (:class:`Interrupted`, its charge kept)."""
-    from securetrain.attacks.audit import run_audit, write_audit
-    from securetrain.train import load_data, resolve_keys, train_reserved
-
-    recorder = _Recorder(store, job.id, stop)
-    req = JobRequest.model_validate(job.params)
-    ds = dataset_by_id(store, job.dataset_id)
-    withdrawn = _access_withdrawn(store, job, ds)
-    if withdrawn is not None:
-        _finish(store, job, {"state": "failed", "error": withdrawn}, "AccessWithdrawn")
-        _release(store, job, job.submitter)
-        return
-    result_dir(settings, job.id).mkdir(mode=0o700)
-    config = _train_config(settings, ds, job.id, req)
-    keys = resolve_keys(config)
-    state, error, failure = "succeeded", None, None
-
-    def progress(info) -> None:  # type: ignore[no-untyped-def]
-        recorder.flush(progress=info.step / max(1, info.steps))
-
-    try:
-        with acting_as(job.submitter):
-            if job.kind == "train":
-                assert job.run_id is not None
-                recorder.log(f"training on {ds.name} at ε = {job.epsilon}")
-                result = train_reserved(config, keys, job.run_id, progress)
-                recorder.log(f"bundle written and signed; ε = {result.card.privacy.epsilon:.4f}")
-            else:
-                assert job.parent is not None
-                recorder.log(f"auditing the model of job {job.parent}")
-                data = load_data(config)
-                audit = run_audit(
-                    result_dir(settings, job.parent) / "bundle",
-                    data,
-                    canaries=req.canaries,
-                    progress=progress,
-                )
-                write_audit(result_dir(settings, job.id) / "audit", audit)
-                recorder.log("audit written")
-    except Cancelled:
-        state = "cancelled"
-    except SecureTrainError as exc:
-        state, error, failure = "failed", redact(str(exc), settings), type(exc).__name__
-    except Exception as exc:  # a bug: keep the worker alive, record the job as failed
-        failure = type(exc).__name__
-        state, error = "failed", f"internal error: {failure}"
-        _LOG.exception("job %s failed with an internal error", job.id)  # the server's log only
-    values: dict = {"state": state, "error": error, "log": recorder.text}
-    if state == "succeeded":
-        values["progress"] = 1.0
-    _finish(store, job, values, failure)
-
-
-def _finish(store: Store, job: Job, values: dict, failure: str | None) -> None:
-    state = values["state"]
-    with store.transaction() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job.id).values(updated_at=now(), **values))
-        append(store, conn, f"job.{state}", job.id, {"error": failure}, actor=job.submitter)
-
-
-def _access_withdrawn(store: Store, job: Job, ds: Dataset) -> str | None:
-    """Why the job's submitter may no longer run it (account disabled, grant revoked, dataset
-    no longer theirs), checked again when the worker takes it; None if they still may."""
-    with store.read() as conn:
-        row = conn.execute(select(users).where(users.c.name == job.submitter)).first()
-        granted = conn.execute(
-            select(grants.c.analyst).where(
-                grants.c.dataset_id == ds.id, grants.c.analyst == job.submitter
-            )
-        ).first()
-    if row is None or row.disabled:
-        return f"The account {job.submitter!r} was disabled before the job ran."
-    if not may_run(row.role, job.kind, granted=granted is not None, owns=ds.owner == job.submitter):
-        return f"{job.submitter!r} no longer has access to dataset {ds.id}; the job did not run."
-    return None
-
-
-def work(
-    store: Store,
-    settings: ServiceSettings,
-    *,
-    once: bool = False,
-    idle: float = 1.0,
-    stop: threading.Event | None = None,
-    on_claim: Callable[[str], None] | None = None,
-) -> int:
-    """The worker loop: run queued jobs one at a time. ``once``: stop when none is queued;
-    ``stop``: claim nothing more once it is set, and interrupt the running job at its next step.
-    ``on_claim``: told each job's id as it is claimed."""
-    stop = stop or threading.Event()
-    done = 0
-    while not stop.is_set():
-        job = claim(store, on_claim)
-        if job is None:
-            if once:
-                return done
-            stop.wait(idle)
-            continue
-        run(store, settings, job, stop)
-        done += 1
-    return done

@@ -74,7 +74,7 @@ def abandon(store: Store, job_ids: Iterable[str] | None, reason: str) -> list[st
 
 def worker_main(settings_json: str, server: Connection, reports: Connection) -> None:
     """A job worker process: runs queued jobs until its server says stop or goes away."""
-    from securetrain.service.jobs import work
+    from securetrain.service.worker import work
 
     settings = ServiceSettings.model_validate_json(settings_json)
     stop = threading.Event()
