@@ -2,7 +2,9 @@
 
 User mistakes (bad paths, bad columns, bad parameters) derive from :class:`UserError`; the CLI
 prints their message on one line and exits non-zero without a traceback. Security failures
-derive from :class:`SecurityError` and are opaque: one type per kind of failure.
+derive from :class:`SecurityError` and are opaque: one type per kind of failure. Requests the
+service refuses to a caller (credentials, visibility, role, limits) derive from
+:class:`AccessDenied`, a user error with its own HTTP status.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class ConfigError(UserError):
 
 class UnsupportedModelError(UserError):
     """A model that DP-SGD cannot train as given (for example one with BatchNorm)."""
+
+
+class AccessDenied(UserError):
+    """The caller may not make this request: the subclass says why (401, 403, 404 or 429)."""
 
 
 class SecurityError(SecureTrainError):

@@ -20,7 +20,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, insert, select, update
 
-from securetrain.errors import ConfigError, SecureTrainError
+from securetrain.errors import AccessDenied, ConfigError
 from securetrain.service.roles import User, parse_role
 from securetrain.store import Store
 from securetrain.store.audit import append, now
@@ -36,11 +36,11 @@ _HASHER = PasswordHasher()  # Argon2id with the library's (RFC 9106 low-memory) 
 _DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
 
 
-class AuthError(SecureTrainError):
+class AuthError(AccessDenied):
     """Missing, wrong, expired or revoked credentials (HTTP 401)."""
 
 
-class Throttled(SecureTrainError):
+class Throttled(AccessDenied):
     """Too many failed log-ins for this account or from this address; try again after
     ``retry_after`` seconds."""
 

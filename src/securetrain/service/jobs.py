@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Row, func, insert, select, update
 
-from securetrain.errors import ConfigError, SecureTrainError
+from securetrain.errors import AccessDenied, ConfigError
 from securetrain.service.registry import (
     Dataset,
     Forbidden,
@@ -64,7 +64,7 @@ FAILED_BEFORE_DECRYPTION = (
 JOB_DAY = timedelta(hours=24)  # the window of a dataset's jobs-per-analyst limit
 
 
-class LimitReached(SecureTrainError):
+class LimitReached(AccessDenied):
     """The analyst has submitted as many jobs on the dataset as its owner allows in a day (HTTP
     429)."""
 

@@ -16,7 +16,7 @@ from securetrain.crypto.keys import (
     load_public_key,
 )
 from securetrain.crypto.signing import signed_manifest_digest
-from securetrain.errors import ConfigError, DataError, IntegrityError
+from securetrain.errors import AccessDenied, ConfigError, DataError, IntegrityError
 from securetrain.outputs import write_path_atomic
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
 from securetrain.sealed import Header, verify_sealed
@@ -31,11 +31,11 @@ OWNER_KEYS = "owners"  # in the service's key directory: each owner's signing pu
 SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,7}")
 
 
-class NotVisible(LookupError):
+class NotVisible(AccessDenied):
     """No such object for this user (it may exist, but they may not know of it): HTTP 404."""
 
 
-class Forbidden(PermissionError):
+class Forbidden(AccessDenied):
     """The user knows of the object but may not do this to it: HTTP 403."""
 
 
