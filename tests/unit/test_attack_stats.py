@@ -110,7 +110,7 @@ def test_canary_guesses_use_the_declared_k_with_bonferroni() -> None:
 
 
 def test_a_lower_bound_above_the_claim_is_flagged() -> None:
-    from securetrain.attacks.audit import broken_claim
+    from securetrain.attacks.privacy_audit import broken_claim
 
     assert broken_claim(0.4, 1.0) is None
     assert broken_claim(1.0, 1.0) is None
@@ -121,7 +121,7 @@ def test_a_lower_bound_above_the_claim_is_flagged() -> None:
 
 
 def test_membership_section_headlines_the_strongest_attack_rounded() -> None:
-    from securetrain.attacks.audit import _mia_doc
+    from securetrain.attacks.privacy_audit import _mia_doc
 
     def attack(auc: float) -> dict:
         return {

@@ -183,3 +183,19 @@ def test_a_frozen_foreign_parameter_is_allowed_but_refused_once_it_gets_a_gradie
     with pytest.raises(ConfigError, match=r"outside the module.*Found \(group 0, position 4, shape \(2,\)\)"):
         dp_opt.step()
     assert torch.equal(frozen, torch.ones(2))
+
+
+def test_refuses_a_dataset_without_a_length() -> None:
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(torch.zeros(4), 0)])
+
+    model, opt, _ = _setup()
+    with pytest.raises(ConfigError, match=r"with a length \(map-style\)\. Found Stream\."):
+        securetrain.make_private(
+            module=model,
+            optimizer=opt,
+            data_loader=DataLoader(Stream()),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+        )

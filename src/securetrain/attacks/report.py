@@ -1,5 +1,5 @@
-"""The audit report as one self-contained HTML file with inline SVG plots (no scripts, no
-external resources), so that it can be archived and opened anywhere."""
+"""The attack report (a privacy audit's result) as one self-contained HTML file with inline SVG
+plots (no scripts, no external resources), so that it can be archived and opened anywhere."""
 
 from __future__ import annotations
 

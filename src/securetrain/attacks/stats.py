@@ -1,6 +1,6 @@
-"""Audit statistics as pure functions: ROC summaries of membership scores, the DP ceiling on an
-attack's true-positive rate, and the one-run audit's epsilon lower bound (Steinke, Nasr and
-Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 2023)."""
+"""Privacy-audit statistics as pure functions: ROC summaries of membership scores, the DP
+ceiling on an attack's true-positive rate, and the one-run audit's epsilon lower bound (Steinke,
+Nasr and Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 2023)."""
 
 from __future__ import annotations
 

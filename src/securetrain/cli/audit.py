@@ -1,4 +1,5 @@
-"""``securetrain audit``: membership inference and the one-run canary audit of a bundle."""
+"""``securetrain audit``: the privacy audit of a bundle (membership inference and the one-run
+canary audit), written as an attack report; the audit log is ``securetrain log``'s."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from securetrain.attacks.audit import run_audit, write_audit
+from securetrain.attacks.privacy_audit import run_privacy_audit, write_attack_report
 from securetrain.cli.common import (
     KeySetOption,
     PassphraseOption,
@@ -24,11 +25,13 @@ from securetrain.train import TrainConfig, check_signature, load_data
 
 
 def audit_command(
-    bundle: Annotated[Path, typer.Argument(help="Model bundle directory to audit.")],
+    bundle: Annotated[Path, typer.Argument(help="Model bundle directory to privacy-audit.")],
     data: Annotated[
         str, typer.Option(help="The data the bundle was trained on (builtin:, file or sealed).")
     ],
-    out: Annotated[Path, typer.Option(help="Directory for audit.json and audit.html (new).")],
+    out: Annotated[
+        Path, typer.Option(help="Directory for the attack report, audit.json and audit.html (new).")
+    ],
     label: Annotated[str | None, typer.Option(help="Label column of a CSV/Parquet file.")] = None,
     key: KeySetOption = None,
     passphrase_env: PassphraseOption = None,
@@ -51,11 +54,13 @@ def audit_command(
     ] = None,
     reference_models: Annotated[int, typer.Option(help="Reference models for offline LiRA.")] = 4,
     seed: Annotated[
-        int | None, typer.Option(help="Seed the audit's randomness (reproducible, not secure).")
+        int | None,
+        typer.Option(help="Seed the privacy audit's randomness (reproducible, not secure)."),
     ] = None,
     store: StoreOption = None,
 ) -> None:
-    """Measure what a model leaks: membership inference, and an ε lower bound from canaries."""
+    """Privacy audit: measure what a model leaks (membership inference, and an ε lower bound
+    from canaries) and write the attack report."""
     check_new_dir(out)
     bundle_key = public_key or (KeySetPaths(key).public_key if key else None)
     check_signature(bundle, bundle_key, allow_unsigned)
@@ -63,8 +68,8 @@ def audit_command(
         data=data, label=label, key_dir=key, passphrase_env=passphrase_env, public_key=public_key
     )
     table = load_data(config)
-    with training_progress("audit training") as update:
-        result = run_audit(
+    with training_progress("privacy audit training") as update:
+        result = run_privacy_audit(
             bundle,
             table,
             canaries=canaries,
@@ -73,7 +78,7 @@ def audit_command(
             progress=update,
             data_key=data_key,
         )
-    write_audit(out, result)
+    write_attack_report(out, result)
     doc = result.doc
     log_action(
         "bundle.audited",

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from securetrain.attacks.audit import AuditResult, run_audit, write_audit
+from securetrain.attacks.privacy_audit import AttackReport, run_privacy_audit, write_attack_report
 from securetrain.bundle import verify_bundle
 from securetrain.cli.common import console, training_progress
 from securetrain.crypto import KeySetPaths, generate_keyset, provider_for_keydir
@@ -114,7 +114,7 @@ def _train_both(
 
 
 def _results_table(
-    private: TrainResult, baseline: TrainResult, audits: dict[str, AuditResult]
+    private: TrainResult, baseline: TrainResult, audits: dict[str, AttackReport]
 ) -> Table:
     """Both models side by side: privacy, exact and card metrics, and what the audits found."""
     table_out = Table(title="same records, same split")
@@ -185,15 +185,17 @@ def demo_command(
         f"remaining {budget.remaining:.3f} (PLD composition over runs)"
     )
 
-    with training_progress("audit training") as update:
+    with training_progress("privacy audit training") as update:
         audits = {
-            "private": run_audit(private.bundle, opened, progress=update),
-            "baseline": run_audit(baseline.bundle, load_builtin(DEMO_DATA), progress=update),
+            "private": run_privacy_audit(private.bundle, opened, progress=update),
+            "baseline": run_privacy_audit(
+                baseline.bundle, load_builtin(DEMO_DATA), progress=update
+            ),
         }
-    write_audit(run_dir / "audit-dp", audits["private"])
-    write_audit(run_dir / "audit-baseline", audits["baseline"])
+    write_attack_report(run_dir / "audit-dp", audits["private"])
+    write_attack_report(run_dir / "audit-baseline", audits["baseline"])
     say(
-        "8. audited both models: membership inference (LOSS, offline LiRA) and a one-run "
+        "8. privacy-audited both models: membership inference (LOSS, offline LiRA) and a one-run "
         f"canary audit; reports in {escape(str(run_dir / 'audit-dp'))} and audit-baseline"
     )
     console.print(_results_table(private, baseline, audits))

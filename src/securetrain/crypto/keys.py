@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -93,7 +94,9 @@ def check_private_permissions(path: Path) -> None:
         )
 
 
-def _scrypt(passphrase: str, kdf: dict[str, object]) -> bytes:
+def _scrypt(passphrase: str, kdf: object) -> bytes:
+    if not isinstance(kdf, dict):
+        raise TypeError(f"scrypt parameters are not an object: {type(kdf).__name__}")
     return Scrypt(
         salt=_unb64(str(kdf["salt"])),
         length=32,
@@ -148,7 +151,7 @@ def read_master_key(path: Path, passphrase: str | None) -> bytes:
                 raise UserError(
                     f"Master key {str(path)!r} is protected by a passphrase; give --passphrase-env VAR."
                 )
-            derived = _scrypt(passphrase, doc["kdf"])  # type: ignore[arg-type]
+            derived = _scrypt(passphrase, doc["kdf"])
             if doc["format"] == MASTER_FORMAT:
                 derived, aad = _subkey(derived, "master-key"), _WRAP_AAD
             else:
@@ -185,7 +188,7 @@ def private_key_password(private_key: Path, passphrase: str | None) -> bytes | N
             "`securetrain keys new --out DIR --passphrase-env VAR` and seal the data again with it."
         )
     try:
-        root = _scrypt(passphrase, doc["kdf"])  # type: ignore[arg-type]
+        root = _scrypt(passphrase, doc["kdf"])
     except (ValueError, KeyError, TypeError):
         raise DataError(f"Not a securetrain master key file: {str(master)!r}.") from None
     return _pem_password(root, private_key.name)
@@ -248,7 +251,7 @@ def generate_keyset(out: Path, passphrase: str | None = None) -> KeySetPaths:
     return paths
 
 
-def _load_public_pem(path: Path):  # type: ignore[no-untyped-def]
+def _load_public_pem(path: Path) -> PublicKeyTypes:
     if not path.is_file():
         raise DataError(f"Public key file not found: {str(path)!r}.")
     try:
@@ -273,7 +276,7 @@ def fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
     return "sha256:" + hashlib.sha256(pem).hexdigest()
 
 
-def _load_private_pem(path: Path, passphrase: str | None):  # type: ignore[no-untyped-def]
+def _load_private_pem(path: Path, passphrase: str | None) -> PrivateKeyTypes:
     check_private_permissions(path)
     password = private_key_password(path, passphrase)
     try:

@@ -75,7 +75,7 @@ class Keystream:
         counter = self._block.to_bytes(_BLOCK_BYTES, "big")
         encryptor = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
         out = np.empty(nbytes + _BLOCK_BYTES - 1, dtype=np.uint8)
-        encryptor.update_into(_zeros(nbytes), out)
+        encryptor.update_into(_zeros(nbytes), out.data)
         self._block += nbytes // _BLOCK_BYTES
         return out[:nbytes].view(_WORD)[:n]
 

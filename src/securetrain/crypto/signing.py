@@ -18,11 +18,12 @@ from securetrain.errors import DataError, DecryptionError, IntegrityError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
+    from model_signing import hashing
 
 os.environ.setdefault("SIGSTORE_NO_TELEMETRY", "1")
 
 
-def _hashing_config(signature_name: str):  # type: ignore[no-untyped-def]
+def _hashing_config(signature_name: str) -> hashing.Config:
     from model_signing import hashing
 
     return hashing.Config().set_ignored_paths(paths=[signature_name], ignore_git_paths=False)
@@ -40,7 +41,8 @@ def sign_directory(
     try:
         config = signing.Config().use_elliptic_key_signer(
             private_key=private_key,
-            password=password,  # type: ignore[arg-type]  # bytes, as cryptography takes it
+            # model_signing annotates str but hands it to cryptography, which takes bytes
+            password=password,  # type: ignore[arg-type]
         )
     except (ValueError, TypeError):
         raise DecryptionError("could not load the signing key (wrong passphrase?)") from None

@@ -10,13 +10,13 @@ from torch.utils.data import DataLoader
 
 from securetrain.engine.noise import make_generator
 from securetrain.engine.optimizer import DPOptimizer, check_privacy_parameters
-from securetrain.engine.sampling import DPDataLoader
+from securetrain.engine.sampling import DPDataLoader, dataset_size
 from securetrain.errors import ConfigError
 from securetrain.privacy.planner import plan_deltas, plan_dp_sgd
 
 
 def _sampling(data_loader: DataLoader[Any]) -> tuple[int, int, float]:
-    n = len(data_loader.dataset)  # type: ignore[arg-type]
+    n = dataset_size(data_loader.dataset)
     per_epoch = len(data_loader)
     if n < 1 or per_epoch < 1:
         raise ConfigError(f"The data loader must hold at least one record. Found {n}.")

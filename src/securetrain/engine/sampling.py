@@ -3,7 +3,7 @@ on whole 64-bit keystream words (never a float32 grid, which would round small r
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import torch
@@ -50,6 +50,15 @@ def split_physical(
     return [indices[i : i + m] for i in range(0, len(indices), m)]
 
 
+def dataset_size(dataset: Dataset[Any]) -> int:
+    """The number of records of a map-style dataset (one with a length)."""
+    if not isinstance(dataset, Sized):
+        raise ConfigError(
+            f"DP-SGD needs a dataset with a length (map-style). Found {type(dataset).__name__}."
+        )
+    return len(dataset)
+
+
 def _empty_like_collate(dataset: Dataset[Any]) -> Any:
     """A collate function that also turns an empty batch into zero-length tensors."""
     from torch.utils.data import default_collate
@@ -63,7 +72,7 @@ def _empty_like_collate(dataset: Dataset[Any]) -> Any:
     return collate
 
 
-class DPDataLoader(DataLoader):
+class DPDataLoader(DataLoader[Any]):
     """A DataLoader whose batches are drawn by Poisson sampling (variable size, possibly empty)."""
 
     def __init__(
@@ -77,7 +86,7 @@ class DPDataLoader(DataLoader):
     ) -> None:
         self.sample_rate = sample_rate
         sampler = PoissonBatchSampler(
-            len(dataset),
+            dataset_size(dataset),
             sample_rate=sample_rate,
             steps=steps,
             generator=generator,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import EllipsisType
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ class Prepared:
         if self.per_sample is not None:
             weight = torch.tensordot(weights, self.per_sample, dims=1)
         if weight is not None:
-            out["weight"] = weight.reshape(self.module.weight.shape)  # type: ignore[union-attr]
+            out["weight"] = weight.reshape(self.module.get_parameter("weight").shape)
         if self.bias is not None:
             out["bias"] = weights @ self.bias
         return out
@@ -114,18 +115,24 @@ def _unfold(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, padding: list[int]) 
     for i in range(nd):
         span = module.dilation[i] * (module.kernel_size[i] - 1) + 1
         x = x.unfold(2 + i, span, module.stride[i])
-    x = x[(..., *(slice(None, None, d) for d in module.dilation))]
+    every_dilation: tuple[EllipsisType | slice, ...] = (
+        ...,
+        *(slice(None, None, d) for d in module.dilation),
+    )
+    x = x[every_dilation]
     positions = math.prod(x.shape[2 : 2 + nd])
     x = x.permute(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd))
     return x.reshape(x.shape[0], -1, positions)
 
 
-def _padded(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def _padded(
+    conv: nn.Conv1d | nn.Conv2d, padding: tuple[int, ...], x: torch.Tensor
+) -> tuple[torch.Tensor, list[int]]:
     """The input with any non-zero padding mode applied, and the zero padding still to apply."""
     if conv.padding_mode == "zeros":
-        return x, list(conv.padding)  # type: ignore[arg-type]
-    pad = [p for p in reversed(conv.padding) for _ in range(2)]  # type: ignore[arg-type]
-    return F.pad(x, pad, mode=conv.padding_mode), [0] * len(conv.padding)
+        return x, list(padding)
+    pad = [p for p in reversed(padding) for _ in range(2)]
+    return F.pad(x, pad, mode=conv.padding_mode), [0] * len(padding)
 
 
 def _per_sample_by_groups(
@@ -155,7 +162,8 @@ def _weight_gradient(
     groups: int,
 ) -> torch.Tensor:
     """The weight gradient of ``conv`` (with this weight shape, padding and groups) alone."""
-    return torch.ops.aten.convolution_backward(
+    # torch.ops is untyped; aten.convolution_backward returns (grad_input, grad_weight, grad_bias)
+    grad_weight: torch.Tensor = torch.ops.aten.convolution_backward(
         grad_out,
         x,
         weight,
@@ -168,6 +176,7 @@ def _weight_gradient(
         groups,
         [False, True, False],
     )[1]
+    return grad_weight
 
 
 @register_clipping(nn.Conv1d, nn.Conv2d)
@@ -183,7 +192,7 @@ class ConvStrategy:
         assert isinstance(conv, (nn.Conv1d, nn.Conv2d))
         if isinstance(conv.padding, str):
             return _GENERIC.prepare(conv, trace)
-        x, padding = _padded(conv, trace.inputs[0].to(trace.backprops.dtype))
+        x, padding = _padded(conv, conv.padding, trace.inputs[0].to(trace.backprops.dtype))
         g = trace.backprops
         batch, d_out, length = g.shape[0], g.shape[1], math.prod(g.shape[2:])
         d_in = math.prod(conv.weight.shape[1:])
@@ -287,7 +296,7 @@ class _AffineNorm:
         return grads
 
     def squared_norms(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(v.flatten(1).pow(2).sum(1) for v in prepared.values())
+        return sum((v.flatten(1).pow(2).sum(1) for v in prepared.values()), torch.zeros(()))
 
     def weighted_sum(
         self, prepared: dict[str, torch.Tensor], weights: torch.Tensor
@@ -323,25 +332,27 @@ class EmbeddingStrategy:
 
     def prepare(
         self, module: nn.Module, trace: LayerTrace
-    ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    ) -> tuple[nn.Embedding, torch.Tensor, torch.Tensor]:
+        assert isinstance(module, nn.Embedding)
         x = trace.inputs[0]
         idx = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         g = trace.backprops.reshape(idx.shape[0], idx.shape[1], trace.backprops.shape[-1])
         return module, idx, g
 
-    def squared_norms(self, prepared: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def squared_norms(
+        self, prepared: tuple[nn.Embedding, torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
         module, idx, g = prepared
-        same = (idx[:, :, None] == idx[:, None, :]).to(g.dtype)
+        same = torch.eq(idx[:, :, None], idx[:, None, :]).to(g.dtype)
         if module.padding_idx is not None:
             keep = (idx != module.padding_idx).to(g.dtype)
             same = same * keep[:, :, None] * keep[:, None, :]
         return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
 
     def weighted_sum(
-        self, prepared: tuple[nn.Module, torch.Tensor, torch.Tensor], weights: torch.Tensor
+        self, prepared: tuple[nn.Embedding, torch.Tensor, torch.Tensor], weights: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         module, idx, g = prepared
-        assert isinstance(module, nn.Embedding)
         gw = (g * weights[:, None, None]).reshape(-1, g.shape[-1])
         flat = idx.reshape(-1)
         if module.padding_idx is not None:

@@ -110,7 +110,7 @@ def run(
 ) -> None:
     """Run a claimed job to its end state; once ``stop`` is set, a running job fails at its
     next step (:class:`Interrupted`, its charge kept)."""
-    from securetrain.attacks.audit import run_audit, write_audit
+    from securetrain.attacks.privacy_audit import run_privacy_audit, write_attack_report
     from securetrain.train import load_data, resolve_keys, train_reserved
 
     recorder = _Recorder(store, job.id, stop)
@@ -138,16 +138,16 @@ def run(
                 recorder.log(f"bundle written and signed; ε = {result.card.privacy.epsilon:.4f}")
             else:
                 assert job.parent is not None
-                recorder.log(f"auditing the model of job {job.parent}")
+                recorder.log(f"privacy audit of the model of job {job.parent}")
                 data = load_data(config)
-                audit = run_audit(
+                report = run_privacy_audit(
                     result_dir(settings, job.parent) / "bundle",
                     data,
                     canaries=req.canaries,
                     progress=progress,
                 )
-                write_audit(result_dir(settings, job.id) / "audit", audit)
-                recorder.log("audit written")
+                write_attack_report(result_dir(settings, job.id) / "audit", report)
+                recorder.log("attack report written")
     except Cancelled:
         state = "cancelled"
     except SecureTrainError as exc:

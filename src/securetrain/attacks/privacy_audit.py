@@ -1,5 +1,7 @@
-"""``run_audit``: measure what a bundle's model leaks about its training data and write
-``audit.json`` and ``audit.html``."""
+"""The privacy audit: ``run_privacy_audit`` measures what a bundle's model leaks about its
+training data (membership inference, the one-run canary audit); ``write_attack_report`` writes
+the attack report as ``audit.json`` and ``audit.html``. Not to be confused with the audit log
+(in ``securetrain.store``), which records who did what."""
 
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ DEFAULT_CANARIES = 100
 
 
 @dataclass
-class AuditResult:
+class AttackReport:
+    """A privacy audit's result: the report's JSON document, its HTML page, the canary audit."""
+
     doc: dict
     html: str
     canary: CanaryAudit | None
@@ -132,7 +136,7 @@ def _mia_doc(
     }
 
 
-def run_audit(
+def run_privacy_audit(
     bundle: Path,
     data: TabularData,
     *,
@@ -141,7 +145,7 @@ def run_audit(
     seed: int | None = None,
     progress: ProgressCallback | None = None,
     data_key: Path | None = None,
-) -> AuditResult:
+) -> AttackReport:
     """Membership inference (LOSS and offline LiRA) against the bundle's model, and the one-run
     canary audit with the bundle's training settings (``canaries=0`` skips it).
 
@@ -215,7 +219,7 @@ def run_audit(
     warning = broken_claim(canary.epsilon_lower_bound if canary else 0.0, claimed)
     if warning:
         doc["warning"] = warning
-    return AuditResult(doc, render(doc, _plots(attacks, claimed, delta, canary)), canary)
+    return AttackReport(doc, render(doc, _plots(attacks, claimed, delta, canary)), canary)
 
 
 def broken_claim(lower_bound: float, claimed: float | None) -> str | None:
@@ -270,7 +274,7 @@ def _plots(attacks: dict, claimed: float | None, delta: float | None, canary) ->
     return plots
 
 
-def write_audit(out: Path, result: AuditResult) -> None:
+def write_attack_report(out: Path, result: AttackReport) -> None:
     """``out/audit.json`` and ``out/audit.html``, written together or not at all."""
 
     def fill(tmp: Path) -> None:
