@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,6 +15,12 @@ from securetrain.errors import ConfigError
 from securetrain.service.lifecycle import SHUTDOWN_TIMEOUT
 from securetrain.service.roles import Role
 from securetrain.service.settings import MAX_BODY
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from securetrain.service.lifecycle import Shutdown, Workers
+    from securetrain.service.settings import ServiceSettings
 
 users_app = typer.Typer(help="Accounts of the team service.", no_args_is_help=True)
 
@@ -26,7 +32,7 @@ def _settings(
     store: str | None,
     results: Path | None,
     max_body: int,
-):  # type: ignore[no-untyped-def]
+) -> ServiceSettings:
     from securetrain.service.settings import ServiceSettings
 
     if max_body < 1024:
@@ -43,7 +49,9 @@ def _settings(
     return settings
 
 
-def _run_until_stopped(server, workers, shutdown, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+def _run_until_stopped(
+    server: uvicorn.Server, workers: Workers, shutdown: Shutdown, timeout: float
+) -> bool:
     """Serve HTTP in a thread until a signal (or the HTTP server's own end), then stop accepting
     and stop the workers within ``timeout`` seconds of the first signal. False: the HTTP server
     ended by itself (it could not listen, say)."""

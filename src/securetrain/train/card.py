@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -72,7 +72,11 @@ def no_dp_privacy(plan: RunPlan, *, steps: int, seed: int | None) -> PrivacySect
 
 
 def dp_privacy(
-    plan: RunPlan, optimizer: DPOptimizer, *, accountant: str, preprocessing_share: float
+    plan: RunPlan,
+    optimizer: DPOptimizer,
+    *,
+    accountant: Literal["pld", "rdp"],
+    preprocessing_share: float,
 ) -> PrivacySection:
     """The privacy section of a DP-SGD run: every event it spent and the ε computed from them."""
     assert plan.dp is not None
@@ -84,7 +88,7 @@ def dp_privacy(
         delta=plan.delta,
         delta_partition_selection=plan.preprocessor.dp.partition_selection_delta,
         delta_rule=plan.delta_rule,
-        accountant=accountant,  # type: ignore[arg-type]
+        accountant=accountant,
         noise_multiplier=dp.noise_multiplier,
         sample_rate=dp.sample_rate,
         steps=dp.steps,

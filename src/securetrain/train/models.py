@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -11,7 +11,8 @@ from torch import nn
 from securetrain.bundle.card import Architecture
 from securetrain.errors import ConfigError
 
-MODELS = ("logreg", "mlp", "cnn")
+ModelName = Literal["logreg", "mlp", "cnn"]
+MODELS: tuple[ModelName, ...] = ("logreg", "mlp", "cnn")
 
 
 class ImageCNN(nn.Module):
@@ -42,22 +43,23 @@ class ImageCNN(nn.Module):
 def architecture_for(
     name: str, *, n_features: int, n_classes: int, image_shape: list[int] | None
 ) -> Architecture:
-    if name not in MODELS:
+    model = next((m for m in MODELS if m == name), None)
+    if model is None:
         raise ConfigError(f"Model must be one of {', '.join(MODELS)}. Found {name!r}.")
-    if name == "cnn":
+    if model == "cnn":
         if not image_shape:
             raise ConfigError(
                 "Model 'cnn' needs image data (for example builtin:digits); use logreg or mlp."
             )
         if math.prod(image_shape) != n_features:
             raise ConfigError(f"Image shape {image_shape} does not match {n_features} features.")
-    hidden = [64, 64] if name == "mlp" else []
+    hidden = [64, 64] if model == "mlp" else []
     return Architecture(
-        name=name,  # type: ignore[arg-type]
+        name=model,
         n_features=n_features,
         n_classes=n_classes,
         hidden=hidden,
-        image_shape=image_shape if name == "cnn" else None,
+        image_shape=image_shape if model == "cnn" else None,
     )
 
 
