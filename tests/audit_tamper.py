@@ -12,7 +12,7 @@ from sqlalchemy import delete, insert, select
 from securetrain.crypto.keys import KeySetPaths
 from securetrain.crypto.signing import sign_bytes
 from securetrain.store import Store
-from securetrain.store.audit import audit_key_of, entry_hash
+from securetrain.store.auditlog import entry_hash
 from securetrain.store.schema import audit_checkpoints, audit_log
 
 
@@ -46,7 +46,7 @@ def drop_checkpoints(store: Store, above: int = 0) -> None:
 
 
 def public_key(store: Store) -> Path:
-    return KeySetPaths(audit_key_of(store).root).public_key
+    return KeySetPaths(store.audit_key.root).public_key
 
 
 def resign_head(store: Store) -> None:
@@ -61,7 +61,7 @@ def resign_head(store: Store) -> None:
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
-    stolen = KeySetPaths(audit_key_of(store).root).signing_key
+    stolen = KeySetPaths(store.audit_key.root).signing_key
     with store.engine.begin() as conn:
         conn.execute(
             insert(audit_checkpoints).values(

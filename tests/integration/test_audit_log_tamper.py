@@ -19,7 +19,6 @@ from securetrain.store import (
     default_audit_key_dir,
     record,
     signed_head,
-    use_audit_key,
     verify_log,
 )
 from securetrain.store.schema import audit_checkpoints, audit_log
@@ -136,8 +135,8 @@ def test_a_passphrase_protects_the_audit_key(
 
 
 def test_a_log_signed_by_another_key_is_not_extended(store: Store, tmp_path: Path) -> None:
-    use_audit_key(store, AuditKey(generate_keyset(tmp_path / "other-key").root))
+    other = Store(store.url, audit_key=AuditKey(generate_keyset(tmp_path / "other-key").root))
     with pytest.raises(ConfigError, match="is signed by sha256:"):
-        record(store, "wrong", "key")
+        record(other, "wrong", "key")
     with pytest.raises(IntegrityError, match="bad signature"):
-        verify_log(store)
+        verify_log(other)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from securetrain.service.app import create_app
 from securetrain.service.worker import claim
 from securetrain.store import ledger
-from securetrain.store.audit import entries
+from securetrain.store.auditlog import entries
 from securetrain.store.schema import jobs
 from tests.integration.test_service_api import login
 from tests.service_world import build_world

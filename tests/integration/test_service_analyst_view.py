@@ -35,7 +35,7 @@ from securetrain.service.jobs import (
 )
 from securetrain.service.worker import work
 from securetrain.store import ledger
-from securetrain.store.audit import entries
+from securetrain.store.auditlog import entries
 from securetrain.store.schema import jobs
 from securetrain.train.predict import load_model, predict_probabilities
 from tests.integration.test_service_api import BODIES, HEX, MATRIX, PUBLIC, login

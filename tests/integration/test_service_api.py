@@ -19,7 +19,7 @@ from securetrain.crypto.keys import KeySetPaths
 from securetrain.service.app import create_app
 from securetrain.service.worker import work
 from securetrain.store import ledger
-from securetrain.store.audit import entries, verify_log
+from securetrain.store.auditlog import entries, verify_log
 from tests.service_world import PASSWORD, build_world
 
 HEX = "0123456789abcdef0123456789abcdef"

@@ -29,7 +29,7 @@ from securetrain.service.jobs import FAILED_BEFORE_DECRYPTION, result_dir
 from securetrain.service.redact import redact
 from securetrain.service.worker import work
 from securetrain.store import Store, ledger
-from securetrain.store.audit import entries, now, record, verify_log
+from securetrain.store.auditlog import entries, now, record, verify_log
 from securetrain.store.schema import jobs, login_failures, runs
 from tests.integration.test_service_api import login
 from tests.service_world import BAD_LABELS, PASSWORD, build_world

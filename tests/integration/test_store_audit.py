@@ -7,7 +7,7 @@ from sqlalchemy import delete, insert, select, update
 
 from securetrain.errors import IntegrityError
 from securetrain.store import Store, record, verify_log
-from securetrain.store.audit import entry_hash
+from securetrain.store.auditlog import entry_hash
 from securetrain.store.schema import audit_checkpoints, audit_log
 
 

@@ -15,15 +15,7 @@ from securetrain.cli.common import StoreOption, console
 from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.outputs import check_new_file, write_file_atomic
 from securetrain.sealed import SIGNATURE, read_header
-from securetrain.store import (
-    AuditKey,
-    Store,
-    entries,
-    ledger,
-    signed_head,
-    use_audit_key,
-    verify_log,
-)
+from securetrain.store import AuditKey, Store, entries, ledger, signed_head, verify_log
 
 budget_app = typer.Typer(help="Privacy budgets per sealed dataset.", no_args_is_help=True)
 log_app = typer.Typer(
@@ -54,14 +46,15 @@ def budget_set(
     """Set or change a dataset's privacy budget."""
     header = read_header(dataset)
     digest = signed_manifest_digest(dataset, SIGNATURE)
-    ledger.set_budget(
-        Store(store),
-        dataset_id=header.dataset_id,
-        manifest_digest=digest,
-        name=dataset.name,
-        epsilon=epsilon,
-        delta=delta,
-    )
+    with Store(store) as s:
+        ledger.set_budget(
+            s,
+            dataset_id=header.dataset_id,
+            manifest_digest=digest,
+            name=dataset.name,
+            epsilon=epsilon,
+            delta=delta,
+        )
     console.print(f"budget of {escape(dataset.name)}: ε = {epsilon:g} at δ = {delta:g}")
 
 
@@ -75,7 +68,8 @@ def budget_show(
     store: StoreOption = None,
 ) -> None:
     """Spent, reserved and remaining ε, and the runs that spent it."""
-    s = ledger.status(Store(store), read_header(dataset).dataset_id)
+    with Store(store) as opened:
+        s = ledger.status(opened, read_header(dataset).dataset_id)
     console.print(
         f"[bold]{escape(s.name)}[/bold]  budget ε = {s.epsilon_budget:g} at δ = {s.delta:g} ({s.budget_source})"
     )
@@ -97,7 +91,9 @@ def log_show(
     store: StoreOption = None,
 ) -> None:
     """List audit-log entries."""
-    for e in entries(Store(store), since):
+    with Store(store) as s:
+        found = entries(s, since)
+    for e in found:
         console.print(
             f"{e.seq:>6}  {e.timestamp}  {escape(e.actor)}  {e.action}  {escape(e.object)}",
             highlight=False,
@@ -105,10 +101,7 @@ def log_show(
 
 
 def _log_store(store: str | None, audit_key: Path | None) -> Store:
-    s = Store(store)
-    if audit_key is not None:
-        use_audit_key(s, AuditKey(audit_key))
-    return s
+    return Store(store, audit_key=None if audit_key is None else AuditKey(audit_key))
 
 
 @log_app.command("verify")
@@ -130,7 +123,8 @@ def log_verify(
     """Recompute the hash chain and check every signed checkpoint; the last entry must be
     covered by one, and the log must contain every signed head given or recorded. Non-zero exit
     on any change."""
-    n = verify_log(_log_store(store, audit_key), public_key=public_key, head=head)
+    with _log_store(store, audit_key) as s:
+        n = verify_log(s, public_key=public_key, head=head)
     console.print(f"[green]audit log verified[/green]: {n} entries, chain and checkpoints intact")
 
 
@@ -149,7 +143,8 @@ def log_head(
     for an outside witness to keep; `log verify --head FILE` later proves the log extends it."""
     if out is not None:
         check_new_file(out)
-    doc = signed_head(_log_store(store, audit_key), public_key=public_key)
+    with _log_store(store, audit_key) as s:
+        doc = signed_head(s, public_key=public_key)
     text = json.dumps(doc, indent=2) + "\n"
     if out is None:
         console.print(text, end="", highlight=False, markup=False)

@@ -170,7 +170,7 @@ def add_user_command(
     """Create an account (the first admin is created this way)."""
     from securetrain.crypto.providers import passphrase_from_env
     from securetrain.service.auth import add_user
-    from securetrain.store import AuditKey, Store, use_audit_key
+    from securetrain.store import AuditKey, Store
 
     if password_env is not None:
         password = os.environ.get(password_env)
@@ -178,10 +178,9 @@ def add_user_command(
             raise ConfigError(f"Environment variable {password_env} is not set.")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    s = Store(store)
-    if key is not None:
-        use_audit_key(s, AuditKey(key, passphrase_from_env(passphrase_env)))
-    user = add_user(s, name, role, password)
+    audit_key = None if key is None else AuditKey(key, passphrase_from_env(passphrase_env))
+    with Store(store, audit_key=audit_key) as s:
+        user = add_user(s, name, role, password)
     console.print(f"added {user.name} ({user.role})")
 
 

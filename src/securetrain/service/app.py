@@ -22,7 +22,7 @@ from securetrain.service.routes import ROUTERS
 from securetrain.service.routes.deps import address
 from securetrain.service.routes.results import REPORT_STYLE_HASH
 from securetrain.service.settings import ServiceSettings
-from securetrain.store.audit import record
+from securetrain.store.auditlog import record
 
 AUDITED = re.compile(r"/api/v1/(datasets|jobs|users|tokens)(/|$)")
 DASHBOARD_CSP = (
@@ -42,6 +42,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await run_in_threadpool(refusals.flush)  # the last window's refusals
+        store.close()
 
     app = FastAPI(
         title="securetrain",

@@ -23,7 +23,7 @@ from sqlalchemy import delete, insert, select, update
 from securetrain.errors import AccessDenied, ConfigError
 from securetrain.service.roles import User, parse_role
 from securetrain.store import Store
-from securetrain.store.audit import append, now
+from securetrain.store.auditlog import append, now
 from securetrain.store.schema import credentials, login_failures, users
 
 NAME = re.compile(r"[a-z][a-z0-9_.-]{1,63}")

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 
 from securetrain.store import Store
-from securetrain.store.audit import record
+from securetrain.store.auditlog import record
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]

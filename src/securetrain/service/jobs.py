@@ -46,7 +46,7 @@ from securetrain.service.roles import (
 )
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
-from securetrain.store.audit import acting_as, append, now
+from securetrain.store.auditlog import acting_as, append, now
 from securetrain.store.schema import jobs, service_datasets
 
 if TYPE_CHECKING:

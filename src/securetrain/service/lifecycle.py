@@ -26,7 +26,7 @@ from sqlalchemy import select, update
 
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
-from securetrain.store.audit import acting_as, append, forget_audit_keys, now
+from securetrain.store.auditlog import acting_as, append, now
 from securetrain.store.schema import jobs
 
 SHUTDOWN_TIMEOUT = 30.0  # seconds from the first signal to exit, by default
@@ -81,12 +81,11 @@ def worker_main(settings_json: str, server: Connection, reports: Connection) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which decides
     signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
     threading.Thread(target=_watch_server, args=(server, stop), daemon=True).start()
-    try:
-        work(settings.open_store(), settings, stop=stop, on_claim=reports.send)
-    except BrokenPipeError:  # the server went away as a job was claimed: it stays queued
-        pass
-    finally:
-        forget_audit_keys()
+    with settings.open_store() as store:
+        try:
+            work(store, settings, stop=stop, on_claim=reports.send)
+        except BrokenPipeError:  # the server went away as a job was claimed: it stays queued
+            pass
 
 
 def _watch_server(server: Connection, stop: threading.Event) -> None:
@@ -206,7 +205,7 @@ class Workers:
             w.proc.kill()
         while self._procs:
             self._poll(1.0)
-        forget_audit_keys()
+        self._store.close()
 
 
 class Shutdown:

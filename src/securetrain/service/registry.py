@@ -23,7 +23,7 @@ from securetrain.sealed import Header, verify_sealed
 from securetrain.service.roles import Role, User
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
-from securetrain.store.audit import append, now
+from securetrain.store.auditlog import append, now
 from securetrain.store.schema import grants, service_datasets, users
 
 OWNER_KEYS = "owners"  # in the service's key directory: each owner's signing public key

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from securetrain.crypto.keys import KeySetPaths
 from securetrain.crypto.providers import passphrase_from_env
 from securetrain.errors import ConfigError
-from securetrain.store.audit import AuditKey, use_audit_key
+from securetrain.store.auditkey import AuditKey
 from securetrain.store.engine import Store, securetrain_home
 
 MAX_BODY = 1 << 20  # bytes: every request body is JSON, and a small one
@@ -37,9 +37,8 @@ class ServiceSettings(BaseModel):
 
     def open_store(self) -> Store:
         """The service's store, its audit log signed with the service's key set."""
-        store = Store(self.store)
-        use_audit_key(store, AuditKey(self.key_dir, passphrase_from_env(self.passphrase_env)))
-        return store
+        key = AuditKey(self.key_dir, passphrase_from_env(self.passphrase_env))
+        return Store(self.store, audit_key=key)
 
     def check(self) -> None:
         if not self.data_dir.is_dir():

@@ -32,7 +32,7 @@ from securetrain.service.registry import Dataset, dataset_by_id
 from securetrain.service.roles import may_run
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store
-from securetrain.store.audit import acting_as, append, now
+from securetrain.store.auditlog import acting_as, append, now
 from securetrain.store.schema import grants, jobs, users
 
 if TYPE_CHECKING:

@@ -1,18 +1,19 @@
 """The store: datasets, budgets, runs, privacy charges and the audit log (SQLite or PostgreSQL)."""
 
 from securetrain.store import ledger
-from securetrain.store.audit import (
+from securetrain.store.auditkey import (
     AUDIT_KEY_ENV,
     AUDIT_PASSPHRASE_ENV,
     AuditKey,
+    default_audit_key_dir,
+)
+from securetrain.store.auditlog import (
     Entry,
     append,
     current_actor,
-    default_audit_key_dir,
     entries,
     record,
     signed_head,
-    use_audit_key,
     verify_log,
 )
 from securetrain.store.engine import HOME_ENV, STORE_ENV, Store, securetrain_home, store_url
@@ -34,6 +35,5 @@ __all__ = [
     "securetrain_home",
     "signed_head",
     "store_url",
-    "use_audit_key",
     "verify_log",
 ]

@@ -3,7 +3,8 @@
 Each entry's hash covers its sequence number, time, actor, action, object, the digest of its
 details, and the previous entry's hash. Every transaction that appends entries also signs its new
 head (sequence number and hash) with an ECDSA P-256 key held outside the database: a key set
-(:class:`AuditKey`; the service's own key set for the service). The signer signs only a head
+(the :class:`Store`'s :class:`~securetrain.store.auditkey.AuditKey`; the service's own key set
+for the service). The signer signs only a head
 that extends the last one it signed, and records that head in its key set as well, so a log
 rolled back behind it, rewritten, or stripped of its checkpoints fails :func:`verify_log`; a head
 kept by an outside witness (:func:`signed_head`) proves the same against someone who holds the
@@ -13,44 +14,27 @@ key.
 from __future__ import annotations
 
 import base64
-import fcntl
-import functools
 import getpass
 import hashlib
 import json
-import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, insert, select
-from sqlalchemy.engine import make_url
 
-from securetrain.crypto.keys import (
-    KeySetPaths,
-    fingerprint,
-    generate_keyset,
-    load_private_key,
-)
 from securetrain.crypto.signing import sign_bytes_with, verify_bytes
 from securetrain.errors import ConfigError, DataError, IntegrityError
+from securetrain.store.auditkey import AUDIT_KEY_ENV, head_document, read_head, record_head
 from securetrain.store.engine import Store
 from securetrain.store.schema import audit_checkpoints, audit_log
 
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
 GENESIS = "0" * 64
 CHECKPOINT_FORMAT = "securetrain.audit_checkpoint/v1"
-HEAD_FORMAT = "securetrain.audit_head/v1"
-AUDIT_KEY_ENV = "SECURETRAIN_AUDIT_KEY"
-AUDIT_PASSPHRASE_ENV = "SECURETRAIN_AUDIT_PASSPHRASE"
-HEADS_DIR = "audit-heads"
 
 
 def now() -> str:
@@ -90,112 +74,6 @@ def entry_hash(
     return hashlib.sha256(
         _canonical([seq, timestamp, actor, action, obj, details_digest, prev])
     ).hexdigest()
-
-
-def default_audit_key_dir() -> Path:
-    """The local stores' audit key set: under the user's configuration directory, apart from
-    the database under SECURETRAIN_HOME."""
-    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(config) / "securetrain" / "audit-key"
-
-
-@dataclass(frozen=True)
-class AuditKey:
-    """The key set whose signing key signs a store's audit heads, and its passphrase."""
-
-    root: Path
-    passphrase: str | None = None
-
-    @classmethod
-    def from_environment(cls) -> AuditKey:
-        """SECURETRAIN_AUDIT_KEY (else :func:`default_audit_key_dir`), with the passphrase in
-        SECURETRAIN_AUDIT_PASSPHRASE when one is set."""
-        root = os.environ.get(AUDIT_KEY_ENV)
-        passphrase = os.environ.get(AUDIT_PASSPHRASE_ENV) or None
-        return cls(Path(root) if root else default_audit_key_dir(), passphrase)
-
-
-_BOUND: dict[str, AuditKey] = {}
-
-
-def use_audit_key(store: Store, key: AuditKey) -> None:
-    """Sign and check ``store``'s audit log with ``key`` in this process, for every ``Store``
-    opened on the same URL (the service binds its own key set)."""
-    _BOUND[store.url] = key
-
-
-def audit_key_of(store: Store) -> AuditKey:
-    return _BOUND.get(store.url) or AuditKey.from_environment()
-
-
-def _sqlite_directory(url: str) -> Path | None:
-    database = make_url(url).database if url.startswith("sqlite") else None
-    return Path(database).resolve().parent if database and database != ":memory:" else None
-
-
-@dataclass(frozen=True)
-class _Signer:
-    private_key: ec.EllipticCurvePrivateKey
-    public_key: Path
-    fingerprint: str
-    heads: Path
-
-
-_SIGNERS: dict[AuditKey, _Signer] = {}
-_SIGNERS_LOCK = threading.Lock()
-
-
-def _signer(store: Store) -> _Signer:
-    """The loaded audit signing key (loaded once per process); a missing key set is created,
-    but never in the directory of the SQLite database it protects."""
-    key = audit_key_of(store)
-    with _SIGNERS_LOCK:
-        if (signer := _SIGNERS.get(key)) is not None:
-            return signer
-        paths = KeySetPaths(key.root)
-        if not paths.signing_key.exists():
-            db_dir = _sqlite_directory(store.url)
-            if db_dir is not None and key.root.resolve().is_relative_to(db_dir):
-                raise ConfigError(
-                    f"Refusing to create the audit key in the database's directory "
-                    f"{str(db_dir)!r} (found {str(key.root)!r}); set {AUDIT_KEY_ENV} or "
-                    "--audit-key to a directory elsewhere."
-                )
-            generate_keyset(key.root, key.passphrase)
-        private = load_private_key(paths.signing_key, key.passphrase)
-        heads = key.root / HEADS_DIR
-        try:
-            heads.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"Cannot write signed heads into {str(heads)!r}: {exc}") from None
-        signer = _SIGNERS[key] = _Signer(
-            private, paths.public_key, fingerprint(private.public_key()), heads
-        )
-        return signer
-
-
-def forget_audit_keys() -> None:
-    """Drop every bound audit key set and loaded signing key from this process (at shutdown)."""
-    with _SIGNERS_LOCK:
-        _SIGNERS.clear()
-        _BOUND.clear()
-
-
-def _store_name(store: Store) -> str:
-    return _name_of(store.url)
-
-
-@functools.lru_cache(maxsize=64)
-def _name_of(url: str) -> str:
-    """A store's URL without its password (SQLite: the absolute path)."""
-    db_dir = _sqlite_directory(url)
-    if db_dir is not None:
-        return f"sqlite:///{db_dir / Path(str(make_url(url).database)).name}"
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _head_file(heads: Path, store: Store) -> Path:
-    return heads / (hashlib.sha256(_store_name(store).encode()).hexdigest()[:32] + ".json")
 
 
 def _checkpoint_message(seq: int, head: str) -> bytes:
@@ -270,14 +148,14 @@ def _sign_head(store: Store, conn: Connection, base: int) -> Callable[[], None]:
     """Sign the transaction's head, which must extend the last signed one (at ``base``, the
     head before this transaction) and the head recorded in the key set; returns the step that
     records the new head there once the transaction has committed."""
-    signer = _signer(store)
+    signer = store.audit_signer()
     last = conn.execute(
         select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc()).limit(1)
     ).first()
     if last is not None and last.signer != signer.fingerprint:
         raise ConfigError(
-            f"The audit log of {_store_name(store)!r} is signed by {last.signer}, not by this "
-            f"audit key {signer.fingerprint} ({str(audit_key_of(store).root)!r}); set "
+            f"The audit log of {store.name!r} is signed by {last.signer}, not by this "
+            f"audit key {signer.fingerprint} ({str(signer.key.root)!r}); set "
             f"{AUDIT_KEY_ENV} or --audit-key to the key set that signs it."
         )
     if base:
@@ -287,7 +165,7 @@ def _sign_head(store: Store, conn: Connection, base: int) -> Callable[[], None]:
             )
         try:
             verify_bytes(
-                signer.public_key,
+                signer.key.public_key,
                 _checkpoint_message(last.seq, last.entry_hash),
                 base64.b64decode(last.signature),
             )
@@ -297,7 +175,7 @@ def _sign_head(store: Store, conn: Connection, base: int) -> Callable[[], None]:
             ) from None
     elif last is not None:
         raise IntegrityError("audit log: refusing to extend it; it has checkpoints but no entries")
-    recorded = _read_head(_head_file(signer.heads, store))
+    recorded = read_head(signer.key.head_file(store.name))
     if recorded is not None and (
         recorded["seq"] > base or _hash_at(conn, recorded["seq"]) != recorded["entry_hash"]
     ):
@@ -321,65 +199,15 @@ def _sign_head(store: Store, conn: Connection, base: int) -> Callable[[], None]:
             created_at=created,
         )
     )
-    doc = _head_document(store, head.seq, head.entry_hash, signature, signer.fingerprint, created)
-    return lambda: _record_head(_head_file(signer.heads, store), doc)
-
-
-def _head_document(
-    store: Store, seq: int, head: str, signature: str, signer: str, created_at: str
-) -> dict[str, Any]:
-    return {
-        "format": HEAD_FORMAT,
-        "store": _store_name(store),
-        "seq": seq,
-        "entry_hash": head,
-        "signature": signature,
-        "signer": signer,
-        "created_at": created_at,
-    }
-
-
-def _read_head(path: Path) -> dict[str, Any] | None:
-    """A signed head document, or None where ``path`` does not exist."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("format") != HEAD_FORMAT:
-            raise ValueError
-        return {
-            **doc,
-            "seq": int(doc["seq"]),
-            "entry_hash": str(doc["entry_hash"]),
-            "signature": str(doc["signature"]),
-        }
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise DataError(f"Not a securetrain signed audit head: {str(path)!r}.") from None
-
-
-def _record_head(path: Path, doc: dict[str, Any]) -> None:
-    """Keep ``doc`` as the store's head in the key set unless a later head is already there
-    (several processes may write one store)."""
-    try:
-        lock = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            current = _read_head(path)
-            if current is None or current["seq"] < doc["seq"]:
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-                os.replace(tmp, path)
-        finally:
-            os.close(lock)
-    except OSError as exc:
-        raise ConfigError(f"Cannot record the signed audit head in {str(path)!r}: {exc}") from None
+    doc = head_document(store.name, head.seq, head.entry_hash, signature, signer.fingerprint, created)
+    return lambda: record_head(signer.key.head_file(store.name), doc)
 
 
 def entries(store: Store, since: str | None = None) -> list[Entry]:
     query = select(audit_log).order_by(audit_log.c.seq)
     if since is not None:
         query = query.where(audit_log.c.timestamp >= since)
-    with store.engine.connect() as conn:
+    with store.read() as conn:
         rows = conn.execute(query).all()
     return [
         Entry(r.seq, r.timestamp, r.actor, r.action, r.object, json.loads(r.details), r.entry_hash)
@@ -390,12 +218,12 @@ def entries(store: Store, since: str | None = None) -> list[Entry]:
 def signed_head(store: Store, *, public_key: Path | None = None) -> dict[str, Any]:
     """The log's signed head, for an outside witness to keep, once the whole log verifies."""
     if verify_log(store, public_key=public_key) == 0:
-        raise DataError(f"The audit log of {_store_name(store)!r} is empty; it has no head.")
-    with store.engine.connect() as conn:
+        raise DataError(f"The audit log of {store.name!r} is empty; it has no head.")
+    with store.read() as conn:
         row = conn.execute(
             select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc()).limit(1)
         ).one()
-    return _head_document(store, row.seq, row.entry_hash, row.signature, row.signer, row.created_at)
+    return head_document(store.name, row.seq, row.entry_hash, row.signature, row.signer, row.created_at)
 
 
 def verify_log(store: Store, *, public_key: Path | None = None, head: Path | None = None) -> int:
@@ -407,19 +235,19 @@ def verify_log(store: Store, *, public_key: Path | None = None, head: Path | Non
     naming the first problem: an edited, deleted, inserted or reordered entry, a bad or missing
     checkpoint, or a log that does not extend a signed head.
     """
-    key = audit_key_of(store)
-    pub = public_key or KeySetPaths(key.root).public_key
+    key = store.audit_key
+    pub = public_key or key.public_key
     if not pub.is_file():
         raise DataError(
             f"Audit public key not found: {str(pub)!r}; give --audit-key DIR or --public-key FILE."
         )
-    witnessed = [] if head is None else [(head, _read_head(head))]
+    witnessed = [] if head is None else [(head, read_head(head))]
     if witnessed and witnessed[0][1] is None:
         raise DataError(f"Signed head file not found: {str(head)!r}.")
     if public_key is None:
-        own = _head_file(key.root / HEADS_DIR, store)
-        witnessed.append((own, _read_head(own)))
-    with store.engine.connect() as conn:
+        own = key.head_file(store.name)
+        witnessed.append((own, read_head(own)))
+    with store.read() as conn:
         rows = conn.execute(select(audit_log).order_by(audit_log.c.seq)).all()
         cps = conn.execute(select(audit_checkpoints).order_by(audit_checkpoints.c.seq)).all()
     prev = GENESIS

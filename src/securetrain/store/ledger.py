@@ -28,7 +28,7 @@ from securetrain.privacy import (
     events_from_json,
     events_to_json,
 )
-from securetrain.store.audit import append, current_actor, now, record
+from securetrain.store.auditlog import append, current_actor, now, record
 from securetrain.store.engine import Store, redact_url
 from securetrain.store.schema import datasets, privacy_charges, runs
 
@@ -122,25 +122,13 @@ def set_budget(
                     id=dataset_id, owner=current_actor(), created_at=now(), **values
                 )
             )
-            action = "budget.set"
+            action, previous = "budget.set", None
         else:
             conn.execute(update(datasets).where(datasets.c.id == dataset_id).values(**values))
             action = "budget.changed"
-        append(
-            store,
-            conn,
-            action,
-            name,
-            {
-                "dataset_id": dataset_id,
-                "epsilon": epsilon,
-                "delta": delta,
-                "source": source,
-                "previous": None
-                if existing is None
-                else {"epsilon": existing.epsilon_budget, "delta": existing.delta},
-            },
-        )
+            previous = {"epsilon": existing.epsilon_budget, "delta": existing.delta}
+        details = {"dataset_id": dataset_id, "epsilon": epsilon, "delta": delta, "source": source}
+        append(store, conn, action, name, {**details, "previous": previous})
 
 
 def status(store: Store, dataset_id: str) -> BudgetStatus:
@@ -318,7 +306,7 @@ class RunRecord:
 
 
 def get_run(store: Store, run_id: str) -> RunRecord:
-    with store.engine.connect() as conn:
+    with store.read() as conn:
         row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
     if row is None:
         raise DataError(f"No run {run_id!r} in the store {redact_url(store.url)!r}.")
@@ -336,9 +324,10 @@ def transition(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Move a run to ``state``. ``released`` drops its charge (allowed only from ``reserved``,
-    before any data was decrypted); a ``completed`` run never changes again; ``completed`` replaces the reserved events with those that ran, but only if the
-    reservation dominates them (at the dataset's δ): a run that spent more than it reserved
-    keeps its reservation, is marked failed, and :class:`BudgetExceeded` is raised."""
+    before any data was decrypted); a ``completed`` run never changes again; ``completed``
+    replaces the reserved events with those that ran, but only if the reservation dominates them
+    (at the dataset's δ): a run that spent more than it reserved keeps its reservation, is marked
+    failed, and :class:`BudgetExceeded` is raised."""
     if state not in STATES:
         raise ConfigError(f"Run state must be one of {', '.join(STATES)}. Found {state!r}.")
     overrun: str | None = None

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from securetrain.errors import SecurityError
 from securetrain.service.routes.deps import AdminOrAuditor, ServiceStore
-from securetrain.store.audit import entries, verify_log
+from securetrain.store.auditlog import entries, verify_log
 
 router = APIRouter()
 

@@ -17,7 +17,7 @@ from securetrain.service.routes.deps import (
     UserName,
 )
 from securetrain.store import Store
-from securetrain.store.audit import acting_as, record
+from securetrain.store.auditlog import acting_as, record
 
 router = APIRouter()
 

@@ -25,7 +25,7 @@ from securetrain.service.routes.deps import (
     Settings,
 )
 from securetrain.store import Store
-from securetrain.store.audit import record
+from securetrain.store.auditlog import record
 
 REPORT_STYLE_DIGEST = base64.b64encode(hashlib.sha256(REPORT_STYLE.encode()).digest()).decode()
 REPORT_STYLE_HASH = f"'sha256-{REPORT_STYLE_DIGEST}'"

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from securetrain.service import auth, registry
 from securetrain.service.roles import ROLE_PATTERN
 from securetrain.service.routes.deps import Admin, ServiceStore, Settings, UserName
-from securetrain.store.audit import acting_as
+from securetrain.store.auditlog import acting_as
 
 router = APIRouter()
 
