@@ -12,9 +12,9 @@ from dp_accounting.pld import pld_privacy_accountant
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from securetrain.errors import ConfigError
-from securetrain.federated.apps import strategy_for
 from securetrain.federated.card import client_level_dp
 from securetrain.federated.config import FederatedConfig
+from securetrain.federated.strategies import server_strategy
 
 SITES, NOISE, CLIP, DIM, REPEATS = 3, 0.3, 1.0, 20_000, 5
 
@@ -52,7 +52,7 @@ def _residuals(counts: list[int], replying: int) -> np.ndarray:
     clipped updates of the sites that replied, from REPEATS independent aggregations."""
     config = _config()
     config.validate_choices()
-    strategy = strategy_for(config, None)
+    strategy = server_strategy(config, None)
     rng = np.random.default_rng(0)
     out = []
     for server_round in range(1, REPEATS + 1):

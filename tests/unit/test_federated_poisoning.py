@@ -16,10 +16,10 @@ from securetrain.data import load_builtin
 from securetrain.data.preprocess import declared_preprocessor
 from securetrain.engine.noise import KeystreamGenerator
 from securetrain.errors import ConfigError
-from securetrain.federated.apps import BoundedUpdates, fit_workflow, strategy_for
 from securetrain.federated.card import update_bound
 from securetrain.federated.config import FederatedConfig
 from securetrain.federated.sites import Site, local_round, plan_site
+from securetrain.federated.strategies import BoundedUpdates, fit_workflow, server_strategy
 from securetrain.train.models import architecture_for, build_model
 
 SITES, BOUND, DIM = 3, 0.5, 40
@@ -68,7 +68,7 @@ def _honest(rng: np.random.Generator, start: np.ndarray) -> list[np.ndarray]:
 @pytest.mark.parametrize("aggregator", ["fedavg", "median", "trimmed-mean", "krum"])
 def test_a_scaled_update_with_a_huge_count_moves_the_model_at_most_the_bound(aggregator) -> None:
     rng = np.random.default_rng(1)
-    strategy = strategy_for(_config(aggregator=aggregator), None)
+    strategy = server_strategy(_config(aggregator=aggregator), None)
     for server_round in range(1, 21):
         start = rng.normal(size=DIM).astype(np.float32)
         honest = _honest(rng, start)
@@ -83,7 +83,7 @@ def test_fedavg_is_the_uniform_mean_of_the_clipped_updates() -> None:
     rng = np.random.default_rng(2)
     start = rng.normal(size=DIM).astype(np.float32)
     sent = [*_honest(rng, start), (start + 1000 * rng.normal(0, 0.02, DIM)).astype(np.float32)]
-    new = _round(strategy_for(_config(aggregator="fedavg"), None), start, sent, [1, 1, 10**9])
+    new = _round(server_strategy(_config(aggregator="fedavg"), None), start, sent, [1, 1, 10**9])
     updates = [w.astype(np.float64) - start for w in sent]
     clipped = [u * min(1.0, BOUND / np.linalg.norm(u)) for u in updates]
     np.testing.assert_allclose(new - start, np.mean(clipped, axis=0), atol=1e-6)
@@ -99,7 +99,7 @@ def test_the_default_aggregator_is_the_median_and_one_attacker_cannot_control_it
         "enforced": "the server clips each site's update before aggregating",
         "weights": "uniform",
     }
-    strategy = strategy_for(config, None)
+    strategy = server_strategy(config, None)
     rng = np.random.default_rng(3)
     for server_round in range(1, 101):
         start = rng.normal(size=DIM).astype(np.float32)
@@ -130,7 +130,7 @@ def _secagg_round(strategy, start: np.ndarray, mean: np.ndarray, server_round: i
 
 def test_secagg_rejects_a_sum_beyond_k_times_the_bound() -> None:
     config = _config(secagg=True)
-    strategy = strategy_for(config, None)
+    strategy = server_strategy(config, None)
     assert isinstance(strategy, BoundedUpdates)
     rng = np.random.default_rng(4)
     start = rng.normal(size=DIM).astype(np.float32)
@@ -231,7 +231,7 @@ def test_server_noise_comes_from_the_keystream_not_global_generators(monkeypatch
     start = np.zeros(DIM, dtype=np.float32)
     draws = []
     for _ in range(2):
-        strategy = strategy_for(config, None)
+        strategy = server_strategy(config, None)
         assert isinstance(strategy.generator, KeystreamGenerator) and strategy.generator.secure
         draws.append(_round(strategy, start, [start] * SITES, [1] * SITES))
     assert not np.array_equal(draws[0], draws[1])  # fresh OS-entropy keys, independent noise

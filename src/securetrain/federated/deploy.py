@@ -27,16 +27,10 @@ from securetrain.crypto.keystream import make_keystream
 from securetrain.data import TabularData
 from securetrain.data.preprocess import declared_preprocessor
 from securetrain.errors import ConfigError
-from securetrain.federated.apps import (
-    SITE_WEIGHT,
-    admit_round,
-    fit_workflow,
-    get_weights,
-    set_weights,
-    strategy_for,
-)
+from securetrain.federated.apps import admit_round, get_weights, set_weights
 from securetrain.federated.config import FederatedConfig
 from securetrain.federated.sites import Site, local_round, plan_site
+from securetrain.federated.strategies import SITE_WEIGHT, fit_workflow, server_strategy
 from securetrain.privacy import events_to_json
 from securetrain.store import Store, ledger
 from securetrain.train import TrainConfig, architecture_for, build_model, load_data
@@ -225,7 +219,7 @@ def _server_main(grid, context):  # type: ignore[no-untyped-def]
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=config.rounds),
-        strategy=strategy_for(config, None, on_fit_metrics=collect),
+        strategy=server_strategy(config, None, on_fit_metrics=collect),
     )
     DefaultWorkflow(fit_workflow=fit_workflow(config))(grid, legacy)
     record = legacy.state.array_records[MAIN_PARAMS_RECORD]
