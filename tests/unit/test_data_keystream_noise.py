@@ -11,9 +11,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from scipy import stats
 
 from securetrain.crypto.keystream import make_keystream
-from securetrain.data import fit_preprocessor, from_table, noisy_counts
+from securetrain.data import fit_preprocessor, from_table
 from securetrain.engine import make_generator
 from securetrain.errors import ConfigError
+from securetrain.privacy import noisy_counts
 
 
 def _reference_gaussians(key: bytes, n: int) -> np.ndarray:
@@ -30,7 +31,7 @@ def test_noisy_counts_are_the_counts_plus_the_keystream_gaussians() -> None:
     key = hashlib.sha256(b"securetrain.engine.rng/v1:7/preprocessing").digest()
     rng = make_keystream(7, stream="preprocessing")
     assert rng.secure is False and "not secure" in rng.description
-    noisy = noisy_counts(1000, 400, 2.5, rng)
+    noisy = noisy_counts(1000, 400, 2.5, rng).value
     assert noisy == pytest.approx(np.array([1000.0, 400.0]) + 2.5 * _reference_gaussians(key, 2))
 
 

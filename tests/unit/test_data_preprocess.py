@@ -1,4 +1,5 @@
-"""DP preprocessing statistics, the declared schema, and the per-record split."""
+"""The preprocessing fitted from declared and DP statistics, the declared schema, and the
+per-record split."""
 
 import json
 
@@ -10,51 +11,12 @@ from hypothesis import strategies as st
 
 from securetrain.crypto.keystream import make_keystream
 from securetrain.data import Schema, from_table, split_mask
-from securetrain.data.preprocess import dp_bounds, dp_select, fit_preprocessor
+from securetrain.data.preprocess import fit_preprocessor
 from securetrain.errors import DataError
 
 
 def _data(table: pa.Table, label: str = "y", schema: Schema | None = None):
     return from_table(table, label=label, source="test", sha256="0" * 64, schema=schema)
-
-
-def test_dp_bounds_cover_the_bulk_and_clip_a_lone_outlier() -> None:
-    rng = np.random.default_rng(0)
-    x = np.r_[rng.uniform(3, 100, 5000), 1e9]
-    lo, hi = dp_bounds({"x": x}, sigma=5.0, rng=make_keystream(0))["x"]
-    assert lo <= 3 and hi >= 100  # the bulk is inside
-    assert lo >= 2 and hi <= 128  # power-of-two bins, the outlier excluded
-
-
-def test_dp_bounds_rarely_keep_an_empty_bin_far_from_the_data() -> None:
-    """A noisy empty bin kept as a bound stretches the scale by orders of magnitude; the
-    threshold keeps that to 1% per column (seeded draws, so the count is fixed)."""
-    x = np.random.default_rng(0).uniform(17, 31, 5000)
-    stretched = sum(
-        dp_bounds({"x": x}, sigma=50.0, rng=make_keystream(seed))["x"] != (16.0, 32.0)
-        for seed in range(300)
-    )
-    assert stretched <= 10  # 1% of 300 is 3; a three-standard-deviation threshold gives ~36
-
-
-def test_dp_bounds_handle_negative_and_zero_values() -> None:
-    rng = np.random.default_rng(1)
-    x = np.r_[rng.uniform(-50, -1, 3000), np.zeros(3000)]
-    lo, hi = dp_bounds({"x": x}, sigma=5.0, rng=make_keystream(0))["x"]
-    assert -64 <= lo <= -50 and hi == 0.0
-
-
-@settings(max_examples=50, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), common=st.integers(800, 3000))
-def test_partition_selection_never_releases_a_rare_value(seed: int, common: int) -> None:
-    values = ["a"] * common + ["b"] * common + ["rare-one"] + ["rare-two"] * 3
-    selected, threshold = dp_select(
-        {"c": values}, sigma=40.0, delta=1e-6, rng=make_keystream(seed)
-    )
-    assert "rare-one" not in selected["c"] and "rare-two" not in selected["c"]
-    assert threshold > 40 * 4  # at least four noise standard deviations above one row
-    if common > threshold + 6 * 40:
-        assert selected["c"] == ["a", "b"]
 
 
 def test_declared_schema_spends_only_the_count_release_on_small_data() -> None:

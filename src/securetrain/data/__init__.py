@@ -1,4 +1,5 @@
-"""Tables, built-in datasets, declared schemas, DP preprocessing and splits."""
+"""Tables, built-in datasets, declared schemas, preprocessing fitted from declared or DP-released
+statistics, and splits."""
 
 from securetrain.data.builtin import BUILTINS, PREFIX, load_builtin
 from securetrain.data.dataset import Schema, TabularData, from_table
@@ -6,7 +7,6 @@ from securetrain.data.loading import load_dataset
 from securetrain.data.preprocess import (
     Preprocessor,
     fit_preprocessor,
-    noisy_counts,
     planned_releases,
 )
 from securetrain.data.split import split_mask
@@ -24,7 +24,6 @@ __all__ = [
     "load_builtin",
     "load_dataset",
     "load_table",
-    "noisy_counts",
     "planned_releases",
     "split_mask",
 ]

@@ -1,4 +1,5 @@
-"""Privacy accounting over dp_accounting events: pure functions, immutable event records."""
+"""Privacy accounting over dp_accounting events: pure functions, immutable event records; the
+DP-SGD planner; the Gaussian mechanisms that release preprocessing statistics."""
 
 from securetrain.privacy.accounting import (
     ACCOUNTANTS,
@@ -25,6 +26,7 @@ from securetrain.privacy.planner import (
     plan_deltas,
     plan_dp_sgd,
 )
+from securetrain.privacy.releases import Release, noisy_counts
 
 __all__ = [
     "ACCOUNTANTS",
@@ -33,6 +35,7 @@ __all__ = [
     "Event",
     "GaussianEvent",
     "PoissonGaussianEvent",
+    "Release",
     "calibrate_gaussian",
     "calibrate_noise",
     "check_delta",
@@ -43,6 +46,7 @@ __all__ = [
     "dominates",
     "events_from_json",
     "events_to_json",
+    "noisy_counts",
     "plan_deltas",
     "plan_dp_sgd",
     "to_dp_event",

@@ -17,7 +17,6 @@ from securetrain.data import (
     Preprocessor,
     TabularData,
     fit_preprocessor,
-    noisy_counts,
     planned_releases,
 )
 from securetrain.data.split import split_mask
@@ -29,6 +28,7 @@ from securetrain.privacy import (
     calibrate_gaussian,
     events_from_json,
     events_to_json,
+    noisy_counts,
     plan_deltas,
     plan_dp_sgd,
 )
@@ -215,7 +215,7 @@ def make_plan(
         else preprocessing_sigma(config, len(run_releases(data)))
     )
     counts = noisy_counts(train_data.n_rows, test_data.n_rows, sigma_pre, rng)
-    mechanism = reserved or plan_mechanism(config, data, n=counts[0])
+    mechanism = reserved or plan_mechanism(config, data, n=counts.value[0])
     pre, _, n_train_noisy, n_test_noisy = fit_preprocessor(
         train_data,
         n_test=test_data.n_rows,
