@@ -147,3 +147,32 @@ def test_membership_section_headlines_the_strongest_attack_rounded() -> None:
         "balanced_accuracy": 0.5556,
     }
     assert (doc["members"], doc["non_members"], doc["population_rows"]) == (10, 8, 8)
+
+
+def test_an_incomplete_dp_sgd_card_is_refused_by_name_not_crashed_on() -> None:
+    from types import SimpleNamespace
+
+    from securetrain.attacks.privacy_audit import _dp_plan
+    from securetrain.bundle.card import PrivacySection
+    from securetrain.errors import DataError
+
+    fields = dict(
+        mechanism="dp-sgd",
+        epsilon=1.0,
+        delta=1e-5,
+        accountant="pld",
+        noise_multiplier=1.1,
+        sample_rate=0.01,
+        steps=100,
+        max_grad_norm=1.0,
+        expected_batch_size=5.0,
+        sampling="poisson",
+        secure_rng=True,
+        events=[],
+    )
+    card = SimpleNamespace(privacy=PrivacySection(**fields))
+    plan = _dp_plan(card, n=1000)
+    assert plan is not None and plan.expected_batch_size == pytest.approx(10.0)
+    card = SimpleNamespace(privacy=PrivacySection(**{**fields, "sample_rate": None}))
+    with pytest.raises(DataError, match=r"incomplete\. Found sample_rate=None, noise"):
+        _dp_plan(card)

@@ -45,7 +45,9 @@ class AttackReport:
     canary: CanaryAudit | None
 
 
-def _membership(card, data: TabularData, data_key: Path):  # type: ignore[no-untyped-def]
+def _membership(
+    card: ModelCard, data: TabularData, data_key: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Encoded rows and who was trained on: the card's split, with screening re-applied, once
     the data is shown to be the trained-on data (``data_key``: the key of its commitment)."""
     check_identity(card.data.identity, data, key=data_key)
@@ -63,11 +65,22 @@ def _membership(card, data: TabularData, data_key: Path):  # type: ignore[no-unt
     return x, y, np.flatnonzero(~test & known), np.flatnonzero(test & known)
 
 
-def _dp_plan(card, n: int | None = None) -> DPPlan | None:  # type: ignore[no-untyped-def]
+def _dp_plan(card: ModelCard, n: int | None = None) -> DPPlan | None:
     """The card's DP-SGD mechanism; with ``n``, its expected batch scaled to ``n`` rows."""
     p = card.privacy
     if p.mechanism != "dp-sgd":
         return None
+    if (
+        p.sample_rate is None
+        or p.noise_multiplier is None
+        or p.expected_batch_size is None
+        or p.delta is None
+    ):
+        raise DataError(
+            "The card's DP-SGD mechanism is incomplete. Found "
+            f"sample_rate={p.sample_rate}, noise_multiplier={p.noise_multiplier}, "
+            f"expected_batch_size={p.expected_batch_size}, delta={p.delta}."
+        )
     return DPPlan(
         sample_rate=p.sample_rate,
         steps=p.steps,
@@ -232,7 +245,12 @@ def broken_claim(lower_bound: float, claimed: float | None) -> str | None:
     )
 
 
-def _plots(attacks: dict, claimed: float | None, delta: float | None, canary) -> list[str]:  # type: ignore[no-untyped-def]
+def _plots(
+    attacks: dict[str, dict[str, Any]],
+    claimed: float | None,
+    delta: float | None,
+    canary: CanaryAudit | None,
+) -> list[str]:
     floor = 1e-3
     grid = np.logspace(-3, 0, 200)
     series = [

@@ -11,6 +11,7 @@ from importlib.resources import files
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.middleware.base import RequestResponseEndpoint
 
 from securetrain.crypto.keys import KeySetPaths
 from securetrain.errors import BudgetExceeded, SecureTrainError, SecurityError
@@ -70,7 +71,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     return app
 
 
-async def audit_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+async def audit_requests(request: Request, call_next: RequestResponseEndpoint) -> Response:
     """Every request on a dataset, job, user or token, allowed or refused, with its actor;
     those refused for want of valid credentials are counted per address instead."""
     response = await call_next(request)

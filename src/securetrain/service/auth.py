@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from securetrain.errors import AccessDenied, ConfigError
 from securetrain.service.roles import User, parse_role
@@ -108,7 +108,9 @@ def _wait_needed(failures: int, last: float, free: int) -> float:
     return max(0.0, last + wait - time.time())
 
 
-def _new_token(conn, user: str, kind: str, label: str, minutes: int | None):  # type: ignore[no-untyped-def]
+def _new_token(
+    conn: Connection, user: str, kind: str, label: str, minutes: int | None
+) -> tuple[str, str, str | None]:
     token_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
     digest = (
         hashlib.sha256(secret.encode()).hexdigest() if kind == "session" else _HASHER.hash(secret)
@@ -162,7 +164,7 @@ def login(store: Store, name: str, password: str, address: str) -> tuple[str, st
     if wait:
         raise Throttled(wait)
     try:
-        ok = _HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
+        ok: bool = _HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):
         ok = False
     with store.transaction() as conn:
@@ -177,7 +179,7 @@ def login(store: Store, name: str, password: str, address: str) -> tuple[str, st
     raise AuthError("Wrong user name or password.")
 
 
-def _count_failure(conn, key: str) -> None:  # type: ignore[no-untyped-def]
+def _count_failure(conn: Connection, key: str) -> None:
     failures = conn.execute(
         select(login_failures.c.failures).where(login_failures.c.name == key)
     ).scalar()

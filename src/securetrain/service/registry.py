@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 
 from securetrain.crypto.keys import (
     KeySetPaths,
@@ -130,7 +131,7 @@ def verify_owned(settings: ServiceSettings, path: Path, owner: str) -> Header:
     return header
 
 
-def _row_to_dataset(row) -> Dataset:  # type: ignore[no-untyped-def]
+def _row_to_dataset(row: Row[Any]) -> Dataset:
     return Dataset(
         row.id,
         row.name,
