@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from securetrain.engine import DPOptimizer, make_generator
-from securetrain.engine.clipping import has_fast_strategy
+from securetrain.engine.clipping import CLIPPING_CHOICES, CLIPPING_MODES, has_fast_strategy
 from securetrain.errors import ConfigError, UnsupportedModelError
 from tests.engine_reference import ours_clipped_sum, reference_clipped_sum, seeded_optimizer
 
@@ -273,6 +273,31 @@ def test_per_layer_bounds_set_the_sensitivity_and_reject_bad_input() -> None:
     with pytest.raises(ConfigError, match="needs clipping_mode='per_layer'"):
         DPOptimizer(sgd, max_grad_norm={"0": 1.0, "2": 1.0}, **{**kwargs, "clipping_mode": "flat"})
     assert not model[0]._forward_hooks, "a refused optimizer left tracing hooks on the model"
+
+
+def test_clipping_and_clipping_mode_each_refuse_the_others_values() -> None:
+    """``clipping`` picks a strategy (auto, fast, generic), ``clipping_mode`` the bound's scope
+    (flat, per_layer); each refuses the other's values, naming its own choices."""
+    model = nn.Linear(3, 2)
+    gen, _ = make_generator(0)
+    kwargs = dict(
+        module=model,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=1.0,
+        sample_rate=0.5,
+        generator=gen,
+        secure_rng=False,
+    )
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)
+    assert CLIPPING_CHOICES == ("auto", "fast", "generic")
+    assert CLIPPING_MODES == ("flat", "per_layer")
+    for mode in CLIPPING_MODES:
+        with pytest.raises(ConfigError, match=f"one of auto, fast, generic. Found '{mode}'"):
+            DPOptimizer(sgd, clipping=mode, **kwargs)
+    for choice in CLIPPING_CHOICES:
+        with pytest.raises(ConfigError, match=f"one of flat, per_layer. Found '{choice}'"):
+            DPOptimizer(sgd, clipping_mode=choice, **kwargs)
 
 
 def test_backward_refuses_what_is_not_a_scalar_loss() -> None:

@@ -6,11 +6,12 @@ from securetrain.engine.clipping import (
     ClippingStrategy,
     GenericStrategy,
     LayerTrace,
+    clipped_sums,
     register_clipping,
     strategy_for,
 )
 from securetrain.engine.noise import make_generator
-from securetrain.engine.optimizer import DPOptimizer, clipped_sums
+from securetrain.engine.optimizer import DPOptimizer
 from securetrain.engine.sampling import DPDataLoader, PoissonBatchSampler, split_physical
 from securetrain.engine.tracer import GradientTracer, check_per_sample
 

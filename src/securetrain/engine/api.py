@@ -8,6 +8,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from securetrain.engine.clipping import Clipping, ClippingMode
 from securetrain.engine.noise import make_generator
 from securetrain.engine.optimizer import DPOptimizer, check_privacy_parameters
 from securetrain.engine.sampling import DPDataLoader, dataset_size
@@ -32,8 +33,8 @@ def make_private(
     max_grad_norm: float | dict[str, float],
     loss_reduction: str = "mean",
     seed: int | None = None,
-    clipping: str = "auto",
-    clipping_mode: str = "flat",
+    clipping: Clipping = "auto",
+    clipping_mode: ClippingMode = "flat",
 ) -> tuple[nn.Module, DPOptimizer, DPDataLoader]:
     """Make a model, optimizer and data loader train with DP-SGD.
 
@@ -84,8 +85,8 @@ def make_private_with_epsilon(
     accountant: str = "pld",
     loss_reduction: str = "mean",
     seed: int | None = None,
-    clipping: str = "auto",
-    clipping_mode: str = "flat",
+    clipping: Clipping = "auto",
+    clipping_mode: ClippingMode = "flat",
 ) -> tuple[nn.Module, DPOptimizer, DPDataLoader]:
     """Like :func:`make_private`, with the smallest noise that keeps ``epochs`` passes over the
     loader within ``(target_epsilon, target_delta)``."""

@@ -7,17 +7,30 @@ per-sample gradients weighted by each sample's clipping factor.
 
 Register a faster strategy for a layer type with :func:`register_clipping`; any layer without
 one uses :class:`GenericStrategy`, which gets per-sample gradients from ``torch.func``.
+:func:`clipped_sums` combines the layers' strategies into clipped sums, flat or per layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+from securetrain.errors import ConfigError
+
+Clipping = Literal["auto", "fast", "generic"]
+"""The ``clipping`` setting: each layer's registered fast strategy, else the generic one
+(``auto``); the fast one for every layer, refusing a layer without (``fast``); ``torch.func``
+everywhere (``generic``)."""
+CLIPPING_CHOICES: tuple[Clipping, ...] = get_args(Clipping)
+ClippingMode = Literal["flat", "per_layer"]
+"""The ``clipping_mode`` setting: one bound on a sample's whole gradient (``flat``), or one bound
+per layer on its part of it (``per_layer``)."""
+CLIPPING_MODES: tuple[ClippingMode, ...] = get_args(ClippingMode)
 
 
 @dataclass
@@ -98,16 +111,89 @@ class GenericStrategy:
 _GENERIC = GenericStrategy()
 
 
-CLIPPING_MODES = ("auto", "fast", "generic")
-
-
 def has_fast_strategy(module: nn.Module) -> bool:
     return type(module) in _REGISTRY
 
 
-def strategy_for(module: nn.Module, mode: str = "auto") -> ClippingStrategy:
+def strategy_for(module: nn.Module, clipping: Clipping = "auto") -> ClippingStrategy:
     """``auto``: the registered strategy, else the generic one; ``fast``: the registered one
     (the caller has checked it exists); ``generic``: always ``torch.func``."""
-    if mode == "generic":
+    if clipping == "generic":
         return _GENERIC
     return _REGISTRY.get(type(module), _GENERIC)
+
+
+Sums = dict[str, dict[str, torch.Tensor]]
+
+
+def clipped_sums(
+    layers: dict[str, nn.Module],
+    traces: dict[str, list[LayerTrace]],
+    max_grad_norm: float | dict[str, float],
+    *,
+    clipping: Clipping = "auto",
+    with_unclipped: bool = False,
+) -> tuple[Sums, int, Sums | None]:
+    """Sum over samples of the per-sample gradients, each clipped in L2.
+
+    With a single ``max_grad_norm`` the norm is taken over all layers together (flat clipping);
+    with a bound per layer name, each layer's part of the gradient is clipped to its own bound
+    (per-layer clipping). ``clipping`` picks each layer's strategy as in :func:`strategy_for`.
+    Returns the sums by layer name and parameter name, the number of samples seen, and (on
+    request) the unclipped sums.
+    """
+    prepared: dict[str, tuple[Any, Any]] = {}
+    for name, layer_traces in traces.items():
+        layer = layers[name]
+        if len(layer_traces) == 1 and layer_traces[0].prepared is not None:
+            prepared[name] = layer_traces[0].prepared
+        elif len(layer_traces) == 1:
+            strategy = strategy_for(layer, clipping)
+            prepared[name] = (strategy, strategy.prepare(layer, layer_traces[0]))
+        elif any(t.prepared is not None for t in layer_traces):
+            raise ConfigError(
+                f"Layer '{name}' holds gradients of several backward passes; call accumulate() "
+                "after each physical batch's backward pass."
+            )
+        else:
+            # A layer called several times per forward: its per-sample gradient is the sum of
+            # its calls' contributions, so materialise and add them.
+            parts = [_GENERIC.prepare(layer, t) for t in layer_traces]
+            prepared[name] = (_GENERIC, {k: sum(p[k] for p in parts) for k in parts[0]})
+    if not prepared:
+        return {}, 0, None
+    # The strategies see the loss's output gradients; a trace's scale turns them into each
+    # sample's own (for a mean loss), so norms grow by the scale and the sums by the scale.
+    scales = {name: layer_traces[0].scale for name, layer_traces in traces.items()}
+    norms_sq = {name: strategy.squared_norms(state) for name, (strategy, state) in prepared.items()}
+    sizes = {n.shape[0] for n in norms_sq.values()}
+    if len(sizes) != 1:
+        raise ConfigError(
+            f"Layers saw different batch sizes {sorted(sizes)}; per-sample clipping needs every "
+            "layer to take the batch in its first dimension."
+        )
+    if isinstance(max_grad_norm, dict):
+        weights = {
+            name: (max_grad_norm[name] / (n.sqrt() * scales[name] + 1e-6)).clamp(max=1.0)
+            * scales[name]
+            for name, n in norms_sq.items()
+        }
+    else:
+        if len(set(scales.values())) == 1:
+            scale = next(iter(scales.values()))
+            total = torch.stack(list(norms_sq.values())).sum(0).sqrt() * scale
+        else:
+            total = sum(n * scales[name] ** 2 for name, n in norms_sq.items()).sqrt()
+        flat = (max_grad_norm / (total + 1e-6)).clamp(max=1.0)
+        weights = {name: flat * scales[name] for name in norms_sq}
+    sums = {
+        name: strategy.weighted_sum(state, weights[name])
+        for name, (strategy, state) in prepared.items()
+    }
+    unclipped = None
+    if with_unclipped:
+        unclipped = {
+            name: strategy.weighted_sum(state, torch.full_like(weights[name], scales[name]))
+            for name, (strategy, state) in prepared.items()
+        }
+    return sums, sizes.pop(), unclipped

@@ -11,9 +11,13 @@ import torch
 from torch import nn
 
 from securetrain.engine.clipping import (
+    CLIPPING_CHOICES,
     CLIPPING_MODES,
-    GenericStrategy,
+    Clipping,
+    ClippingMode,
     LayerTrace,
+    Sums,
+    clipped_sums,
     has_fast_strategy,
     own_parameters,
     strategy_for,
@@ -24,7 +28,6 @@ from securetrain.errors import ConfigError, UnsupportedModelError
 from securetrain.privacy.accounting import compute_epsilon
 from securetrain.privacy.events import PoissonGaussianEvent
 
-_GENERIC = GenericStrategy()
 _log = logging.getLogger("securetrain.engine")
 
 
@@ -40,84 +43,6 @@ def check_privacy_parameters(
         raise ConfigError(f"Max grad norm must be > 0. Found {max_grad_norm}.")
     if sample_rate is not None and not (0 < sample_rate <= 1):
         raise ConfigError(f"Sampling rate must be in (0, 1]. Found {sample_rate}.")
-
-
-Sums = dict[str, dict[str, torch.Tensor]]
-
-
-CLIPPING_SCOPES = ("flat", "per_layer")
-
-
-def clipped_sums(
-    layers: dict[str, nn.Module],
-    traces: dict[str, list[LayerTrace]],
-    max_grad_norm: float | dict[str, float],
-    *,
-    mode: str = "auto",
-    with_unclipped: bool = False,
-) -> tuple[Sums, int, Sums | None]:
-    """Sum over samples of the per-sample gradients, each clipped in L2.
-
-    With a single ``max_grad_norm`` the norm is taken over all layers together (flat clipping);
-    with a bound per layer name, each layer's part of the gradient is clipped to its own bound
-    (per-layer clipping). Returns the sums by layer name and parameter name, the number of
-    samples seen, and (on request) the unclipped sums.
-    """
-    prepared: dict[str, tuple[Any, Any]] = {}
-    for name, layer_traces in traces.items():
-        layer = layers[name]
-        if len(layer_traces) == 1 and layer_traces[0].prepared is not None:
-            prepared[name] = layer_traces[0].prepared
-        elif len(layer_traces) == 1:
-            strategy = strategy_for(layer, mode)
-            prepared[name] = (strategy, strategy.prepare(layer, layer_traces[0]))
-        elif any(t.prepared is not None for t in layer_traces):
-            raise ConfigError(
-                f"Layer '{name}' holds gradients of several backward passes; call accumulate() "
-                "after each physical batch's backward pass."
-            )
-        else:
-            # A layer called several times per forward: its per-sample gradient is the sum of
-            # its calls' contributions, so materialise and add them.
-            parts = [_GENERIC.prepare(layer, t) for t in layer_traces]
-            prepared[name] = (_GENERIC, {k: sum(p[k] for p in parts) for k in parts[0]})
-    if not prepared:
-        return {}, 0, None
-    # The strategies see the loss's output gradients; a trace's scale turns them into each
-    # sample's own (for a mean loss), so norms grow by the scale and the sums by the scale.
-    scales = {name: layer_traces[0].scale for name, layer_traces in traces.items()}
-    norms_sq = {name: strategy.squared_norms(state) for name, (strategy, state) in prepared.items()}
-    sizes = {n.shape[0] for n in norms_sq.values()}
-    if len(sizes) != 1:
-        raise ConfigError(
-            f"Layers saw different batch sizes {sorted(sizes)}; per-sample clipping needs every "
-            "layer to take the batch in its first dimension."
-        )
-    if isinstance(max_grad_norm, dict):
-        weights = {
-            name: (max_grad_norm[name] / (n.sqrt() * scales[name] + 1e-6)).clamp(max=1.0)
-            * scales[name]
-            for name, n in norms_sq.items()
-        }
-    else:
-        if len(set(scales.values())) == 1:
-            scale = next(iter(scales.values()))
-            total = torch.stack(list(norms_sq.values())).sum(0).sqrt() * scale
-        else:
-            total = sum(n * scales[name] ** 2 for name, n in norms_sq.items()).sqrt()
-        flat = (max_grad_norm / (total + 1e-6)).clamp(max=1.0)
-        weights = {name: flat * scales[name] for name in norms_sq}
-    sums = {
-        name: strategy.weighted_sum(state, weights[name])
-        for name, (strategy, state) in prepared.items()
-    }
-    unclipped = None
-    if with_unclipped:
-        unclipped = {
-            name: strategy.weighted_sum(state, torch.full_like(weights[name], scales[name]))
-            for name, (strategy, state) in prepared.items()
-        }
-    return sums, sizes.pop(), unclipped
 
 
 def layer_bounds(max_grad_norm: float | dict[str, float], layers: list[str]) -> dict[str, float]:
@@ -204,16 +129,16 @@ class DPOptimizer:
         generator: KeystreamGenerator,
         secure_rng: bool,
         loss_reduction: str = "mean",
-        clipping: str = "auto",
-        clipping_mode: str = "flat",
+        clipping: Clipping = "auto",
+        clipping_mode: ClippingMode = "flat",
     ) -> None:
-        if clipping not in CLIPPING_MODES:
+        if clipping not in CLIPPING_CHOICES:
             raise ConfigError(
-                f"Clipping must be one of {', '.join(CLIPPING_MODES)}. Found {clipping!r}."
+                f"Clipping must be one of {', '.join(CLIPPING_CHOICES)}. Found {clipping!r}."
             )
-        if clipping_mode not in CLIPPING_SCOPES:
+        if clipping_mode not in CLIPPING_MODES:
             raise ConfigError(
-                f"Clipping mode must be one of {', '.join(CLIPPING_SCOPES)}. "
+                f"Clipping mode must be one of {', '.join(CLIPPING_MODES)}. "
                 f"Found {clipping_mode!r}."
             )
         check_per_sample(module)
@@ -318,7 +243,7 @@ class DPOptimizer:
                 self.tracer.layers,
                 traces,
                 self._bounds,
-                mode=self.clipping,
+                clipping=self.clipping,
                 with_unclipped=not self._verified,
             )
         if unclipped is not None and n > 0:
