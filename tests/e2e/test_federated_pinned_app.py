@@ -19,8 +19,8 @@ from flwr.proto.control_pb2 import StartRunRequest
 from flwr.supercore.fab import Fab
 
 from securetrain.errors import IntegrityError
-from securetrain.federated.deployment import CONNECTION, _Link
 from securetrain.federated.pki import ServerFiles
+from securetrain.federated.processes import CONNECTION, SuperLink
 from securetrain.federated.trust import (
     APP_PYPROJECT,
     app_fab,
@@ -124,7 +124,7 @@ def foreign_run(tmp_path_factory) -> dict:
     port = _free_port()
     work = root / "server"
     work.mkdir()
-    link = _Link(work, ServerFiles(root / "tls"), "127.0.0.1", port, None)
+    link = SuperLink(work, ServerFiles(root / "tls"), "127.0.0.1", port, None)
     site = None
     try:
         link.wait_ready()

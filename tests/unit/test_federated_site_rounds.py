@@ -17,8 +17,8 @@ from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from securetrain.data import load_builtin
 from securetrain.errors import ConfigError, DataError
 from securetrain.federated.apps import get_weights
+from securetrain.federated.components import SETTINGS, client_app
 from securetrain.federated.config import FederatedConfig
-from securetrain.federated.deploy import SETTINGS, client_app
 from securetrain.store import Store, ledger
 from securetrain.train.models import architecture_for, build_model
 

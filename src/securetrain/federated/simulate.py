@@ -23,6 +23,7 @@ from securetrain.data.preprocess import Preprocessor, declared_preprocessor
 from securetrain.errors import ConfigError, SecureTrainError
 from securetrain.federated.card import federated_card
 from securetrain.federated.config import FederatedConfig
+from securetrain.federated.environment import flower_environment
 from securetrain.federated.sites import Site, count_event, partition, plan_site, site_plan
 from securetrain.outputs import check_new_dir
 from securetrain.privacy import (
@@ -345,15 +346,16 @@ def _run_flower(
 
     final: list[list[np.ndarray]] = []
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    run_simulation(
-        server_app(config, get_weights(model), final.append),
-        client_app(sites, arch, config, lr, clip),
-        num_supernodes=config.sites,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"logging_level": "error", "log_to_driver": False},
-        },
-    )
+    with flower_environment():
+        run_simulation(
+            server_app(config, get_weights(model), final.append),
+            client_app(sites, arch, config, lr, clip),
+            num_supernodes=config.sites,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"logging_level": "error", "log_to_driver": False},
+            },
+        )
     if not final:
         raise SecureTrainError("The federated run ended without a global model.")
     return final[0]

@@ -45,8 +45,8 @@ dependencies = []
 publisher = "securetrain"
 
 [tool.flwr.app.components]
-serverapp = "securetrain.federated.deploy:server_app"
-clientapp = "securetrain.federated.deploy:client_app"
+serverapp = "securetrain.federated.components:server_app"
+clientapp = "securetrain.federated.components:client_app"
 
 [tool.flwr.app.config]
 settings = ""

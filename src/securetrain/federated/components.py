@@ -1,5 +1,7 @@
-"""The Flower components of a federated deployment, loaded by Flower's own processes: the
-SuperLink runs ``server_app``, each site's SuperNode runs ``client_app`` on its own data.
+"""The Flower components of a federated deployment, which Flower's own processes load by name
+(the app bundle's ``[tool.flwr.app.components]``): the SuperLink runs ``server_app``, each site's
+SuperNode runs ``client_app`` on its own data. :mod:`securetrain.federated.deployment` starts
+those processes.
 
 The server sends the run's settings (``settings``, JSON) in the run config. A site reads its data,
 keys and ledger from its node config, which never leaves its machine; it plans its own DP-SGD,
