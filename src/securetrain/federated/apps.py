@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from flwr.client import ClientApp, NumPyClient
+from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
-from flwr.common import ConfigRecord, Context
-from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.common import ConfigRecord, Context, NDArrays, Scalar
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
@@ -39,21 +39,29 @@ def admit_round(context: Context, settings: str, rounds: int) -> int:
         state = ConfigRecord({"settings": settings, "rounds": rounds, "done": 0})
         context.state.config_records[ROUNDS_STATE] = state
     refusal = None
-    if str(state["settings"]) != settings:
+    reserved, done = str(state["settings"]), _count(state, "done")
+    if reserved != settings:
         refusal = (
             f"The server changed the run's settings after this site reserved its budget: "
-            f"reserved {state['settings']}, now {settings}."
+            f"reserved {reserved}, now {settings}."
         )
-    elif int(state["done"]) >= int(state["rounds"]):
+    elif done >= _count(state, "rounds"):
         refusal = (
-            f"The server asked for round {int(state['done']) + 1}, but this site charged its "
-            f"budget for {int(state['rounds'])} rounds."
+            f"The server asked for round {done + 1}, but this site charged its "
+            f"budget for {_count(state, 'rounds')} rounds."
         )
     if refusal is not None:
         log.error("refused: %s", refusal)
         raise ConfigError(refusal)
-    state["done"] = int(state["done"]) + 1
-    return int(state["done"])
+    state["done"] = done + 1
+    return done + 1
+
+
+def _count(state: ConfigRecord, key: str) -> int:
+    value = state[key]
+    if not isinstance(value, int):
+        raise ConfigError(f"The site's round state holds a non-integer {key}. Found {value!r}.")
+    return value
 
 
 def set_weights(model: torch.nn.Module, weights: list[np.ndarray]) -> None:
@@ -82,7 +90,9 @@ class SiteClient(NumPyClient):
         self.site, self.arch, self.config, self.lr, self.clip = site, arch, config, lr, clip
         self.context = context
 
-    def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+    def fit(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
         round_number = admit_round(self.context, self.config.site_settings(), self.config.rounds)
         model = build_model(self.arch)
         set_weights(model, parameters)
@@ -105,7 +115,7 @@ class SiteClient(NumPyClient):
 def client_app(
     sites: list[Site], arch: Architecture, config: FederatedConfig, lr: float, clip: float
 ) -> ClientApp:
-    def client_fn(context: Context):  # type: ignore[no-untyped-def]
+    def client_fn(context: Context) -> Client:
         site = sites[int(context.node_config["partition-id"])]
         return SiteClient(site, arch, config, lr, clip, context).to_client()
 
@@ -118,7 +128,7 @@ def server_app(
     app = ServerApp()
 
     @app.main()
-    def main(grid, context):  # type: ignore[no-untyped-def]
+    def main(grid: Grid, context: Context) -> None:
         legacy = LegacyContext(
             context=context,
             config=ServerConfig(num_rounds=config.rounds),

@@ -98,9 +98,12 @@ def _run_clientapp(args: list[str]) -> None:
         raise ConfigError(f"{PINNED_FAB_ENV} must hold the pinned FAB's SHA-256; found {pinned!r}.")
     install = runtime.install_from_fab
 
-    def install_pinned(fab_file: bytes, *rest: object, **options: object) -> Path:
-        check_fab(fab_file, pinned)
-        return install(fab_file, *rest, **options)  # type: ignore[arg-type]
+    def install_pinned(
+        fab_file: Path | bytes, install_dir: Path | None = None, skip_prompt: bool = False
+    ) -> Path:
+        content = fab_file if isinstance(fab_file, bytes) else fab_file.read_bytes()
+        check_fab(content, pinned)
+        return install(content, install_dir, skip_prompt)
 
     runtime.install_from_fab = install_pinned
     sys.argv = ["flwr-clientapp", *args]
@@ -134,7 +137,11 @@ def store_cli_token(home: Path, address: str, token: str) -> None:
 def _token_plugin(token: str) -> type:
     """A Flower Control API authentication plugin that admits exactly one bearer token."""
     from flwr.common.constant import ACCESS_TOKEN_KEY, NOOP_ACCOUNT_NAME, NOOP_FLWR_AID
-    from flwr.supercore.auth.typing import AccountInfo
+    from flwr.supercore.auth.typing import (
+        AccountAuthCredentials,
+        AccountAuthLoginDetails,
+        AccountInfo,
+    )
     from flwr.superlink.auth_plugin import ControlAuthnPlugin
 
     # The one account the open-source SuperLink's default federation has as its member.
@@ -149,16 +156,20 @@ def _token_plugin(token: str) -> type:
         def __init__(self) -> None:
             pass
 
-        def get_login_details(self):  # type: ignore[no-untyped-def]
+        def get_login_details(self) -> AccountAuthLoginDetails | None:
             return None
 
-        def validate_tokens_in_metadata(self, metadata):  # type: ignore[no-untyped-def]
+        def validate_tokens_in_metadata(
+            self, metadata: Sequence[tuple[str, str | bytes]]
+        ) -> tuple[bool, AccountInfo | None]:
             return (True, account) if valid(metadata) else (False, None)
 
-        def get_auth_tokens(self, device_code):  # type: ignore[no-untyped-def]
+        def get_auth_tokens(self, device_code: str) -> AccountAuthCredentials | None:
             return None
 
-        def refresh_tokens(self, metadata):  # type: ignore[no-untyped-def]
+        def refresh_tokens(
+            self, metadata: Sequence[tuple[str, str | bytes]]
+        ) -> tuple[Sequence[tuple[str, str | bytes]] | None, AccountInfo | None]:
             return (metadata, account) if valid(metadata) else (None, None)
 
     return TokenAuthn
