@@ -15,7 +15,7 @@ from securetrain.errors import BudgetExceeded, ConfigError, DataError, SecurityE
 from securetrain.privacy import PoissonGaussianEvent, compute_epsilon, dominates
 from securetrain.sealed import seal_table, verify_sealed
 from securetrain.store import Store, ledger
-from securetrain.train import reserve_sealed, resolve_keys, train_reserved
+from securetrain.train import parse_sealed, reserve_sealed, resolve_keys, train_reserved
 from securetrain.train.plan import make_plan, plan_mechanism, run_events
 from securetrain.train.trainer import apply_classes
 
@@ -143,7 +143,7 @@ def test_a_parse_error_after_decryption_keeps_the_charge(tmp_path: Path) -> None
     )
     with pytest.raises(DataError, match="missing value"):
         train(config)
-    header = verify_sealed(sealed, paths.public_key)
+    header = verify_sealed(sealed, paths.public_key).header
     (charge,) = ledger.status(Store(store_url), header.dataset_id).runs
     assert charge.state == "failed" and charge.epsilon == 1.0
     assert not (tmp_path / "b").exists()
@@ -196,17 +196,18 @@ def test_a_sealed_file_that_no_longer_verifies_releases_its_reservation(tmp_path
         classes=["no", "yes"],
     )
     keys = resolve_keys(config)
-    header = verify_sealed(sealed, paths.public_key)
-    run_id = reserve_sealed(config, keys)
+    header = verify_sealed(sealed, paths.public_key).header
+    source = parse_sealed(config.data)
+    run_id = reserve_sealed(config, keys, source)
     chunk = max((p for p in sealed.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     blob = bytearray(chunk.read_bytes())
     blob[-1] ^= 1
     chunk.write_bytes(bytes(blob))
     with pytest.raises(SecurityError):
-        train_reserved(config, keys, run_id, None)
+        train_reserved(config, keys, source, run_id, None)
     store = Store(config.store)
     assert ledger.get_run(store, run_id).state == "released"
     assert ledger.status(store, header.dataset_id).runs == []
     with pytest.raises(ConfigError, match="only a reserved run"):
-        train_reserved(config, keys, run_id, None)
+        train_reserved(config, keys, source, run_id, None)
     assert not (tmp_path / "b").exists()

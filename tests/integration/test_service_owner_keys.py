@@ -12,7 +12,7 @@ from securetrain.crypto import provider_for_keydir
 from securetrain.crypto.keys import KeySetPaths, generate_keyset
 from securetrain.data import load_builtin
 from securetrain.errors import ConfigError, DecryptionError, IntegrityError
-from securetrain.sealed import open_sealed, seal_dataset
+from securetrain.sealed import open_sealed, seal_dataset, verify_sealed
 from securetrain.service import registry
 from securetrain.service.auth import User
 from securetrain.service.jobs import JobRequest, submit
@@ -32,12 +32,13 @@ def test_no_owner_key_set_opens_a_registered_dataset(world) -> None:
         world.store, world.settings, OSCAR, "ward-b.sealed", None, registry.Limits()
     )
     path = world.settings.data_dir / ds.path
+    verified = verify_sealed(path, KeySetPaths(world.root / "oscar-keys").public_key)
     for owner in ("alice", "oscar"):  # the other owner, and even the dataset's own owner
         with pytest.raises(DecryptionError):
-            open_sealed(path, keys=provider_for_keydir(world.root / f"{owner}-keys"))
+            open_sealed(verified, keys=provider_for_keydir(world.root / f"{owner}-keys"))
     service = provider_for_keydir(world.settings.key_dir)
     expected = load_builtin("breast-cancer").to_table()
-    assert open_sealed(path, keys=service)[1].num_rows == expected.num_rows
+    assert open_sealed(verified, keys=service).num_rows == expected.num_rows
 
 
 def test_dataset_signed_by_another_key_is_refused_at_registration(world) -> None:

@@ -23,7 +23,7 @@ from securetrain.crypto import (
 )
 from securetrain.crypto.keys import read_master_key
 from securetrain.errors import DataError, DecryptionError
-from securetrain.sealed import open_sealed, seal_table
+from securetrain.sealed import open_sealed, seal_table, verify_sealed
 
 
 def test_new_keyset_files_and_permissions(tmp_path: Path) -> None:
@@ -88,7 +88,8 @@ def test_providers_share_one_contract(tmp_path: Path, monkeypatch) -> None:
         out = tmp_path / f"D{i}"
         seal_table(table, out, keys=sealer, signing_key=raw.signing_key)
         for opener in providers:
-            assert open_sealed(out, keys=opener)[1].equals(table)
+            verified = verify_sealed(out, raw.public_key)
+            assert open_sealed(verified, keys=opener).equals(table)
             assert opener.master_key() == key and opener.describe()
 
 

@@ -20,7 +20,7 @@ from securetrain.crypto.keys import (
     write_private,
 )
 from securetrain.errors import ConfigError, DecryptionError, UserError
-from securetrain.sealed import open_sealed, read_header, seal_table
+from securetrain.sealed import open_sealed, read_header, seal_table, verify_sealed
 
 PASSPHRASE = "correct horse battery"
 TABLE = pa.table({"x": [1, 2, 3], "s": ["a", None, "ü"]})
@@ -110,12 +110,13 @@ def test_sealed_for_a_recipient_opens_only_with_its_key_set(tmp_path: Path) -> N
     assert header.recipient == encryption_fingerprint(
         load_encryption_key(service.encryption_key, PASSPHRASE).public_key()
     )
-    assert open_sealed(out, keys=provider_for_keydir(service.root, PASSPHRASE))[1].equals(TABLE)
+    verified = verify_sealed(out, owner.public_key)
+    assert open_sealed(verified, keys=provider_for_keydir(service.root, PASSPHRASE)).equals(TABLE)
     for keys in (provider_for_keydir(owner.root), provider_for_keydir(intruder.root)):
         with pytest.raises(DecryptionError):
-            open_sealed(out, keys=keys)
+            open_sealed(verified, keys=keys)
     with pytest.raises(DecryptionError):
-        open_sealed(out, keys=provider_for_keydir(service.root, "wrong horse battery"))
+        open_sealed(verified, keys=provider_for_keydir(service.root, "wrong horse battery"))
 
 
 def test_sealing_for_oneself_still_uses_the_own_master_key(tmp_path: Path) -> None:
@@ -126,7 +127,7 @@ def test_sealing_for_oneself_still_uses_the_own_master_key(tmp_path: Path) -> No
         TABLE, out, keys=keys, signing_key=own.signing_key, signing_passphrase=PASSPHRASE
     )
     assert header.recipient is None and "scheme" not in header.doc["key_wrapping"]
-    assert open_sealed(out, keys=keys)[1].equals(TABLE)
+    assert open_sealed(verify_sealed(out, own.public_key), keys=keys).equals(TABLE)
     for both_or_neither in ({"keys": keys, "recipient": own.encryption_public_key}, {}):
         with pytest.raises(ConfigError, match="not both or neither"):
             seal_table(TABLE, tmp_path / "E", signing_key=own.signing_key, **both_or_neither)

@@ -45,10 +45,10 @@ def test_round_trip_is_bit_exact_in_memory(tmp_path: Path, keys: Path, rows_per_
         label="flag",
         rows_per_chunk=rows_per_chunk,
     )
-    verify_sealed(tmp_path / "D", keys / "signing.pub.pem")
-    opened_header, opened = open_sealed(tmp_path / "D", keys=provider_for_keydir(keys))
+    verified = verify_sealed(tmp_path / "D", keys / "signing.pub.pem")
+    opened = open_sealed(verified, keys=provider_for_keydir(keys))
     assert opened.equals(table) and opened.schema.equals(table.schema, check_metadata=True)
-    assert opened_header.raw == header.raw and header.rows == 1000
+    assert verified.header.raw == header.raw and header.rows == 1000
     if rows_per_chunk:
         assert header.chunks == -(-1000 // rows_per_chunk)
 

@@ -1,14 +1,14 @@
 """Tampering with a sealed dataset, as property tests over thousands of random mutations.
 
-Every mutation must be caught, and none may yield plaintext: the path that training takes
-(verify the signature, then decrypt) must raise; and unless only the signature file was
-touched, decryption alone (with the right key, no signature check) must raise too.
+Every mutation must be caught, and none may yield plaintext: verifying the mutated dataset
+must raise; and unless only the signature file was touched, opening what was verified before
+the mutation must raise, and so must decryption alone (the right key, the chunks' own
+authentication, no signature or manifest check).
 """
 
 import base64
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from securetrain.crypto import generate_keyset, provider_for_keydir
 from securetrain.errors import SecurityError
-from securetrain.sealed import open_sealed, seal_table, verify_sealed
+from securetrain.sealed import open_sealed, read_header, seal_table, verify_sealed
+from securetrain.sealed.reader import _data_key, _decrypt_chunks
 
 CHUNKS = 5
 
@@ -38,7 +39,8 @@ def world(tmp_path_factory):
             label="id",
             rows_per_chunk=100 // CHUNKS,
         )
-    return root, keys, provider
+    shutil.copytree(root / "A", root / "C")
+    return root, keys, provider, verify_sealed(root / "C", keys.public_key)
 
 
 def _chunks(d: Path) -> list[Path]:
@@ -165,13 +167,20 @@ MUTATIONS = [
 SPLICES = [splice_from_other, swap_header_from_other]
 
 
-def _check_caught(d: Path, keys, provider, only_signature: bool) -> None:
+def _decrypt_unverified(d: Path, provider) -> pa.Table:
+    header = read_header(d)
+    blobs = [p.read_bytes() for p in _chunks(d)] if (d / "chunks").is_dir() else []
+    return _decrypt_chunks(d, header, _data_key(d, header, provider), blobs)
+
+
+def _check_caught(d: Path, verified, keys, provider, only_signature: bool) -> None:
     with pytest.raises(SecurityError):
-        verify_sealed(d, keys.public_key)
-        open_sealed(d, keys=provider)  # reached only if verification wrongly passed
+        open_sealed(verify_sealed(d, keys.public_key), keys=provider)
     if not only_signature:
         with pytest.raises(SecurityError):
-            open_sealed(d, keys=provider)
+            open_sealed(verified, keys=provider)
+        with pytest.raises(SecurityError):
+            _decrypt_unverified(d, provider)
 
 
 @settings(
@@ -179,27 +188,28 @@ def _check_caught(d: Path, keys, provider, only_signature: bool) -> None:
 )
 @given(data=st.data(), index=st.integers(0, len(MUTATIONS) + len(SPLICES) - 1))
 def test_every_mutation_is_detected_and_yields_no_plaintext(world, data, index) -> None:
-    root, keys, provider = world
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        d = Path(tmp) / "D"
-        shutil.copytree(root / "A", d)
-        if index < len(MUTATIONS):
-            only_signature = MUTATIONS[index](d, data)
-        else:
-            only_signature = SPLICES[index - len(MUTATIONS)](d, data, root / "B")
-        _check_caught(d, keys, provider, only_signature)
+    root, keys, provider, verified = world
+    d = root / "C"  # verified once, then restored to A's files before each mutation
+    shutil.rmtree(d)
+    shutil.copytree(root / "A", d)
+    if index < len(MUTATIONS):
+        only_signature = MUTATIONS[index](d, data)
+    else:
+        only_signature = SPLICES[index - len(MUTATIONS)](d, data, root / "B")
+    _check_caught(d, verified, keys, provider, only_signature)
 
 
 def test_untouched_copy_still_verifies_and_opens(world) -> None:
-    root, keys, provider = world
-    verify_sealed(root / "A", keys.public_key)
-    assert open_sealed(root / "A", keys=provider)[1].num_rows == 100
+    root, keys, provider, _ = world
+    assert open_sealed(verify_sealed(root / "A", keys.public_key), keys=provider).num_rows == 100
 
 
 def test_wrong_master_key_is_a_decryption_error(world, tmp_path: Path) -> None:
     from securetrain.errors import DecryptionError
 
-    root, _, _ = world
+    root, keys, _, _ = world
     other = generate_keyset(tmp_path / "other")
     with pytest.raises(DecryptionError):
-        open_sealed(root / "A", keys=provider_for_keydir(other.root))
+        open_sealed(
+            verify_sealed(root / "A", keys.public_key), keys=provider_for_keydir(other.root)
+        )

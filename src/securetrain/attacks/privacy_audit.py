@@ -51,14 +51,14 @@ def _membership(
     """Encoded rows and who was trained on: the card's split, with screening re-applied, once
     the data is shown to be the trained-on data (``data_key``: the key of its commitment)."""
     check_identity(card.data.identity, data, key=data_key)
-    screening = card.data.screening or {}
-    if screening.get("mode") == "drop":
+    screening = card.data.screening
+    if screening is not None and screening.mode == "drop":
         from securetrain.screening import screen
 
         flagged = screen(data).flagged_rows
         data = data.take(np.setdiff1d(np.arange(data.n_rows), flagged))
     split = card.data.split
-    test = split_mask(data, seed=split["seed"], test_fraction=split["test_fraction"])
+    test = split_mask(data, seed=split.seed, test_fraction=split.test_fraction)
     pre = card.model.preprocessing
     x = pre.transform(data.features)
     y, known = pre.encode_labels(data.labels)
@@ -100,7 +100,7 @@ def _reference_models(
     progress: ProgressCallback | None,
 ) -> list[torch.nn.Module]:
     """Offline LiRA's reference models: trained on population rows with the card's settings."""
-    hp = Hyperparameters(**card.training)
+    hp = Hyperparameters(**card.training.model_dump())
     references = []
     for i in range(count):
         if seed is not None:
@@ -184,7 +184,7 @@ def run_privacy_audit(
     rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
     shuffled = rng.permutation(outsiders)
     population, non_members = shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2 :]
-    hp = Hyperparameters(**card.training)
+    hp = Hyperparameters(**card.training.model_dump())
     arch = card.model.architecture
     references = _reference_models(
         card, x[population], y[population], reference_models, seed=seed, progress=progress

@@ -118,8 +118,8 @@ def verify_command(
 ) -> None:
     """Check a sealed dataset's or a bundle's signature over every file; exit 0 only if all pass."""
     if is_sealed(path):
-        header = verify_sealed(path, public_key)
-        digest = signed_manifest_digest(path, SEALED_SIGNATURE)
+        verified = verify_sealed(path, public_key)
+        header, digest = verified.header, verified.manifest_digest
         audit("dataset.verified", str(path), {"dataset_id": header.dataset_id, "manifest": digest})
         console.print(
             f"[green]verified[/green] sealed dataset {escape(str(path))}: {header.rows} rows, "
@@ -150,8 +150,10 @@ def unseal_command(
     """Decrypt a sealed dataset to a Parquet file: plaintext on disk, for the data owner only."""
     check_new_file(out)
     passphrase = passphrase_from_env(passphrase_env)
-    header = verify_sealed(path, public_key or KeySetPaths(key).public_key)
-    _, table = open_sealed(path, keys=provider_for_keydir(key, passphrase))
+    verified = verify_sealed(path, public_key or KeySetPaths(key).public_key)
+    table = open_sealed(verified, keys=provider_for_keydir(key, passphrase))
     write_path_atomic(out, lambda tmp: pq.write_table(table, tmp))
-    audit("dataset.unsealed", str(path), {"out": str(out), "dataset_id": header.dataset_id})
+    audit(
+        "dataset.unsealed", str(path), {"out": str(out), "dataset_id": verified.header.dataset_id}
+    )
     console.print(f"wrote {table.num_rows} rows to {escape(str(out))} (plaintext)")

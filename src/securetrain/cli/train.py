@@ -18,8 +18,7 @@ from securetrain.cli.common import (
     err_console,
     training_progress,
 )
-from securetrain.errors import ConfigError
-from securetrain.screening import SCREEN_MODES, describe_counts
+from securetrain.screening import describe_counts
 from securetrain.train import NO_DP_WARNING, TrainConfig, TrainResult, train
 
 
@@ -54,15 +53,9 @@ def print_summary(result: TrainResult) -> None:
         console.print(f"[bold red]{NO_DP_WARNING}[/bold red]")
     console.print(f"held-out, exact (not on the card): {_metrics_line(result.exact_metrics)}")
     if p.mechanism == "dp-sgd":
-        console.print(f"on the card, DP-noised: {_metrics_line(card.metrics)}")
-    signed = f", signed by {card.signing['signer']}" if card.signing else ", unsigned"
+        console.print(f"on the card, DP-noised: {_metrics_line(card.metrics.model_dump())}")
+    signed = f", signed by {card.signing.signer}" if card.signing else ", unsigned"
     console.print(f"bundle: {escape(str(result.bundle))}{signed}")
-
-
-def _screen_mode(value: str) -> str:
-    if value not in SCREEN_MODES:
-        raise ConfigError(f"--screen must be one of {', '.join(SCREEN_MODES)}. Found {value!r}.")
-    return value
 
 
 def train_command(
@@ -126,35 +119,35 @@ def train_command(
     ] = "warn",
 ) -> None:
     """Train a model with DP-SGD and write a bundle (weights + model card)."""
-    config = TrainConfig(
-        data=data,
-        out=out,
-        label=label,
-        features=_features(features),
-        classes=_features(classes),
-        schema_path=schema,
-        keep_identifiers=keep_identifiers,
-        model=model,
-        epsilon=epsilon,
-        delta=delta,
-        no_dp=no_dp,  # type: ignore[arg-type]
-        epochs=epochs,
-        batch_size=batch_size,
-        max_grad_norm=max_grad_norm,
-        lr=lr,
-        accountant=accountant,
-        seed=seed,
-        key_dir=key,
-        passphrase_env=passphrase_env,
-        public_key=public_key,
-        sign_key=sign_key,
-        store=store,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        screen=_screen_mode(screen),
+    config = TrainConfig.model_validate(
+        {
+            "data": data,
+            "out": out,
+            "label": label,
+            "features": _features(features),
+            "classes": _features(classes),
+            "schema_path": schema,
+            "keep_identifiers": keep_identifiers,
+            "model": model,
+            "epsilon": epsilon,
+            "delta": delta,
+            "no_dp": no_dp,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "max_grad_norm": max_grad_norm,
+            "lr": lr,
+            "accountant": accountant,
+            "seed": seed,
+            "key_dir": key,
+            "passphrase_env": passphrase_env,
+            "public_key": public_key,
+            "sign_key": sign_key,
+            "store": store,
+            "checkpoint_every": checkpoint_every,
+            "resume": resume,
+            "screen": screen,
+        }
     )
-    if resume is None:
-        config.validate_choices()
     if no_dp:
         err_console.print(f"[bold red]WARNING: {NO_DP_WARNING}[/bold red]")
     if seed is not None:
@@ -173,7 +166,7 @@ def train_command(
         str(result.bundle),
         {
             "run_id": result.run_id,
-            "signed_by": (result.card.signing or {}).get("signer"),
+            "signed_by": result.card.signing.signer if result.card.signing else None,
             "epsilon": result.card.privacy.epsilon,
         },
         store=store,

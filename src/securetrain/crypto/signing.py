@@ -77,10 +77,26 @@ def signed_manifest_digest(directory: Path, signature_name: str) -> str:
 
     Read it only after :func:`verify_directory` has passed: it names the exact set of files."""
     try:
-        doc = json.loads((directory / signature_name).read_text(encoding="utf-8"))
+        signature = (directory / signature_name).read_bytes()
+    except OSError:
+        raise IntegrityError(f"signature of {str(directory)!r} is damaged") from None
+    return signed_manifest(signature, directory)[0]
+
+
+def signed_manifest(signature: bytes, directory: Path) -> tuple[str, dict[str, str]]:
+    """The manifest digest and each file's SHA-256 (hex, by relative path) in ``signature``.
+
+    Trust them only for a signature that :func:`verify_directory` passed."""
+    try:
+        doc = json.loads(signature.decode("utf-8"))
         statement = json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))
-        return "sha256:" + statement["subject"][0]["digest"]["sha256"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        files = {
+            str(r["name"]): str(r["digest"])
+            for r in statement["predicate"]["resources"]
+            if r["algorithm"] == "sha256"
+        }
+        return "sha256:" + statement["subject"][0]["digest"]["sha256"], files
+    except (ValueError, KeyError, IndexError, TypeError):
         raise IntegrityError(f"signature of {str(directory)!r} is damaged") from None
 
 

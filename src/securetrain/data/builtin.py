@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -177,8 +178,9 @@ BUILTINS: dict[str, Callable[[], TabularData]] = {
 }
 
 
-def load_builtin(spec: str) -> TabularData:
-    """``builtin:NAME`` or ``builtin:synthetic-fraud?seed=N``."""
+def builtin_loader(spec: str) -> Callable[[], TabularData]:
+    """What loads ``builtin:NAME`` or ``builtin:synthetic-fraud?seed=N``, checked but not run:
+    :class:`DataError` for an unknown name or a bad seed."""
     name = spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec
     if name.startswith("synthetic-fraud?seed="):
         value = name.split("=", 1)[1]
@@ -186,11 +188,16 @@ def load_builtin(spec: str) -> TabularData:
             raise DataError(
                 f"Seed of builtin:synthetic-fraud must be a non-negative integer. Found {value!r}."
             )
-        return synthetic_fraud(seed=int(value))
+        return partial(synthetic_fraud, seed=int(value))
     if name not in BUILTINS:
         raise DataError(
             f"Unknown built-in dataset {spec!r}; choose from: "
             + ", ".join(PREFIX + k for k in BUILTINS)
             + "."
         )
-    return BUILTINS[name]()
+    return BUILTINS[name]
+
+
+def load_builtin(spec: str) -> TabularData:
+    """``builtin:NAME`` or ``builtin:synthetic-fraud?seed=N``."""
+    return builtin_loader(spec)()

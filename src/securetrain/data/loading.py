@@ -23,12 +23,25 @@ def load_dataset(
         if schema is not None:
             data.schema = schema
         return data
-    table = load_table(spec)
+    return load_file(
+        Path(spec), label=label, features=features, schema=schema, keep_identifiers=keep_identifiers
+    )
+
+
+def load_file(
+    path: Path,
+    *,
+    label: str | None = None,
+    features: list[str] | None = None,
+    schema: Schema | None = None,
+    keep_identifiers: bool = False,
+) -> TabularData:
+    """A CSV/Parquet file, with its label column."""
     return from_table(
-        table,
+        load_table(path),
         label=label,
-        source=str(Path(spec)),
-        sha256=file_sha256(Path(spec)),
+        source=str(path),
+        sha256=file_sha256(path),
         features=features,
         schema=schema,
         keep_identifiers=keep_identifiers,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from securetrain.bundle import ModelCard, Signer, write_bundle
-from securetrain.bundle.card import DataSection
+from securetrain.bundle.card import DataSection, SplitSection
 from securetrain.data.preprocess import Preprocessor, declared_preprocessor
 from securetrain.errors import ConfigError, SecureTrainError
 from securetrain.federated.apps import set_weights
@@ -53,7 +53,14 @@ from securetrain.federated.trust import (
     pinned_fab_hash,
 )
 from securetrain.outputs import check_new_dir
-from securetrain.train import TrainConfig, architecture_for, build_model, load_data, resolve_keys
+from securetrain.train import (
+    KeySettings,
+    TrainConfig,
+    architecture_for,
+    build_model,
+    load_data,
+    resolve_keys,
+)
 
 RUN_POLL_SECONDS = 4.0  # each poll is a `flwr` CLI process
 FINAL_PUSH_GRACE = 5.0
@@ -218,7 +225,9 @@ def _write_bundle(
             n_test=0,
             counts="sum of the sites' Gaussian-noised counts",
             identity=None,
-            split={"method": "none: each site trains on all its rows; no held-out data here"},
+            split=SplitSection(
+                method="none: each site trains on all its rows; no held-out data here"
+            ),
         ),
         metrics={"note": "the server holds no data; each site can evaluate the bundle locally"},
         site_reports=reports,
@@ -243,7 +252,7 @@ def serve(
 ) -> DeployResult:
     """Run one federated training with the sites whose keys are given; write the bundle."""
     config, files = _checked_setting(config, files, site_keys)
-    keys = resolve_keys(TrainConfig(key_dir=config.key_dir, passphrase_env=config.passphrase_env))
+    keys = resolve_keys(KeySettings(key_dir=config.key_dir, passphrase_env=config.passphrase_env))
     exit_on_sigterm()
     run_id, reports, weights = _run(
         config,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from securetrain.bundle import ModelCard, write_bundle
-from securetrain.bundle.card import Architecture, DataSection
+from securetrain.bundle.card import Architecture, DataSection, SplitSection
 from securetrain.crypto.keystream import make_keystream
 from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import TabularData, split_mask
@@ -295,11 +295,9 @@ def _simulate(
             counts="sum of the sites' Gaussian-noised counts; held-out counts not released",
             identity=data.commit(config.out),
             sealed=data.sealed,
-            split={
-                "method": "hmac-sha256 per record",
-                "test_fraction": TEST_FRACTION,
-                "seed": split_seed,
-            },
+            split=SplitSection(
+                method="hmac-sha256 per record", test_fraction=TEST_FRACTION, seed=split_seed
+            ),
         ),
         metrics={**metrics, "note": METRICS_NOTE},
         site_reports=[{**s.summary(), "events": events_to_json(s.events)} for s in sites],

@@ -1,5 +1,8 @@
 """The sealed dataset: a directory of AES-256-GCM chunks, a header, and a signed manifest.
 
+This module writes one and reads its header; :mod:`securetrain.sealed.reader` verifies and
+opens it.
+
 Layout (format ``securetrain.sealed/v1``; see docs/sealed-format.md)::
 
     D.sealed/
@@ -12,8 +15,7 @@ dataset either by the sealer's own master key (sealing for oneself) or to a reci
 public key (sealing for the service, which alone holds the private half). Each chunk's
 associated data binds the SHA-256 of the header bytes (hence the dataset id, schema, row and
 chunk counts), the chunk index and a final-chunk flag, so reordering, truncation, duplication,
-header edits and chunks spliced in from another dataset all fail to decrypt. Decryption
-happens in memory only, and returns nothing unless every chunk authenticates.
+header edits and chunks spliced in from another dataset all fail to decrypt.
 """
 
 from __future__ import annotations
@@ -35,16 +37,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from securetrain.crypto import aead, hybrid
 from securetrain.crypto.keys import fingerprint, load_encryption_public_key, public_key_of
 from securetrain.crypto.providers import KeyProvider
-from securetrain.crypto.signing import sign_directory, verify_directory
+from securetrain.crypto.signing import sign_directory
 from securetrain.data.dataset import TabularData
-from securetrain.errors import ConfigError, DataError, DecryptionError, IntegrityError
+from securetrain.errors import ConfigError, DataError, IntegrityError
 
 FORMAT = "securetrain.sealed/v1"
 HEADER = "header.json"
 CHUNKS = "chunks"
 SIGNATURE = "dataset.sig"
 TARGET_CHUNK_BYTES = 4 << 20
-_DEK_AAD = b"securetrain.sealed/v1:data-key:"
+DATA_KEY_AAD = b"securetrain.sealed/v1:data-key:"
 _CHUNK_AAD = b"securetrain.sealed/v1:chunk:"
 
 
@@ -188,7 +190,7 @@ def seal_table(
             "encoding": "arrow-ipc-stream",
         },
         "cipher": aead.CIPHER,
-        "key_wrapping": _wrap_data_key(wrap_key, data_key, _DEK_AAD + dataset_id.encode()),
+        "key_wrapping": _wrap_data_key(wrap_key, data_key, DATA_KEY_AAD + dataset_id.encode()),
         "signer": signer,
         "declared_schema": declared_schema,
     }
@@ -237,13 +239,6 @@ def seal_dataset(
     )
 
 
-def verify_sealed(path: Path, public_key: Path) -> Header:
-    """Check the signature over every file; :class:`IntegrityError` on any failure."""
-    header = read_header(path)
-    verify_directory(path, public_key, SIGNATURE)
-    return header
-
-
 def _wrap_data_key(
     wrap_key: bytes | X25519PublicKey, data_key: bytes, context: bytes
 ) -> dict[str, str]:
@@ -251,59 +246,3 @@ def _wrap_data_key(
         wrapped = aead.encrypt(wrap_key, data_key, context)
         return {"cipher": aead.CIPHER, "wrapped_data_key": base64.b64encode(wrapped).decode()}
     return hybrid.wrap(wrap_key, data_key, context).to_json()
-
-
-def _data_key(path: Path, header: Header, keys: KeyProvider) -> bytes:
-    context = _DEK_AAD + header.dataset_id.encode()
-    try:
-        doc = header.doc["key_wrapping"]
-        wrapped = (
-            hybrid.Wrapped.from_json(doc)
-            if "scheme" in doc
-            else base64.b64decode(doc["wrapped_data_key"], validate=True)
-        )
-    except (KeyError, TypeError, ValueError):
-        raise IntegrityError(f"header of {str(path)!r} is damaged") from None
-    if isinstance(wrapped, hybrid.Wrapped):
-        return hybrid.unwrap(keys.encryption_key(), wrapped, context)
-    return aead.decrypt(keys.master_key(), wrapped, context)
-
-
-def check_key(path: Path, keys: KeyProvider) -> None:
-    """Check that ``keys`` unwrap this dataset's data key, without decrypting any row."""
-    _data_key(path, read_header(path), keys)
-
-
-def open_sealed(path: Path, *, keys: KeyProvider) -> tuple[Header, pa.Table]:
-    """Decrypt the whole dataset into memory. Wrong master key: :class:`DecryptionError`.
-    Any altered, missing, extra or reordered chunk, or an edited header: :class:`IntegrityError`.
-    """
-    header = read_header(path)
-    data_key = _data_key(path, header, keys)
-    try:
-        arrow_schema = pa.ipc.read_schema(
-            pa.py_buffer(base64.b64decode(header.doc["arrow_schema"], validate=True))
-        )
-    except (KeyError, TypeError, ValueError, OSError, pa.ArrowException):
-        raise IntegrityError(f"header of {str(path)!r} is damaged") from None
-    expected = [chunk_name(i) for i in range(header.chunks)]
-    chunk_dir = path / CHUNKS
-    present = sorted(p.name for p in chunk_dir.iterdir()) if chunk_dir.is_dir() else []
-    if present != expected:
-        raise IntegrityError(f"chunks of {str(path)!r} do not match its header")
-    batches: list[pa.Table] = []
-    for i, name in enumerate(expected):
-        try:
-            plain = aead.decrypt(
-                data_key,
-                (chunk_dir / name).read_bytes(),
-                chunk_aad(header.digest, i, i == header.chunks - 1),
-            )
-        except DecryptionError:
-            raise IntegrityError(f"chunk {i} of {str(path)!r} failed authentication") from None
-        with pa.ipc.open_stream(pa.py_buffer(plain)) as reader:
-            batches.append(reader.read_all())
-    table = pa.concat_tables(batches) if batches else arrow_schema.empty_table()
-    if table.num_rows != header.rows or not table.schema.equals(arrow_schema, check_metadata=True):
-        raise IntegrityError(f"content of {str(path)!r} does not match its header")
-    return header, table

@@ -188,7 +188,7 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
     """Check access, reserve the ε (training) and queue the job, or hold it for approval.
     Analysts submit training jobs; owners (on their datasets) and auditors submit audits, which
     are queued at once."""
-    from securetrain.train import reserve_sealed, resolve_keys
+    from securetrain.train import parse_sealed, reserve_sealed, resolve_keys
 
     if req.kind == "train" and user.role != Role.ANALYST:
         raise Forbidden("training jobs (analysts submit them)")
@@ -209,7 +209,7 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
             _check_daily_limit(conn, ds, user)
         config = train_config(settings, ds, job_id, req)
         with acting_as(user.name):
-            run_id = reserve_sealed(config, resolve_keys(config))
+            run_id = reserve_sealed(config, resolve_keys(config), parse_sealed(config.data))
         epsilon = req.epsilon
     else:
         if req.train_job is None:

@@ -116,7 +116,7 @@ def verify_owned(settings: ServiceSettings, path: Path, owner: str) -> Header:
     key = owner_key_path(settings, owner)
     if not key.is_file():
         raise ConfigError(f"Owner {owner!r} has no signing key bound; an admin binds it first.")
-    header = verify_sealed(path, key)
+    header = verify_sealed(path, key).header
     signer = fingerprint(load_public_key(key))
     if header.doc.get("signer") != signer:
         raise IntegrityError(f"{path.name!r} is not signed by its owner's key")

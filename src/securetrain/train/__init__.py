@@ -1,7 +1,7 @@
 """The training pipeline and built-in models."""
 
 from securetrain.train.card import NO_DP_WARNING, TrainResult, signing_section
-from securetrain.train.config import Hyperparameters, TrainConfig
+from securetrain.train.config import Hyperparameters, KeySettings, TrainConfig
 from securetrain.train.loop import ProgressCallback, StepInfo, fit
 from securetrain.train.metrics import dp_metrics, evaluate, predict_proba
 from securetrain.train.models import MODELS, architecture_for, build_model
@@ -19,6 +19,7 @@ from securetrain.train.trainer import ResolvedKeys, resolve_keys
 __all__ = [
     "DPPlan",
     "Hyperparameters",
+    "KeySettings",
     "MODELS",
     "NO_DP_WARNING",
     "ProgressCallback",

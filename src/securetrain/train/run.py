@@ -9,7 +9,7 @@ from securetrain.errors import ConfigError
 from securetrain.outputs import check_new_dir
 from securetrain.sealed import is_sealed
 from securetrain.train.card import TrainResult
-from securetrain.train.config import TrainConfig
+from securetrain.train.config import TrainConfig, check_runnable
 from securetrain.train.loop import ProgressCallback
 from securetrain.train.sealed_run import (
     open_verified,
@@ -24,7 +24,7 @@ from securetrain.train.trainer import load_for, resolve_keys, train_loaded
 def load_data(config: TrainConfig) -> TabularData:
     """The data ``config`` names, in memory: a sealed dataset is verified, then decrypted."""
     if not config.data:
-        raise ConfigError("Name the data with --data (builtin:NAME, a file, or D.sealed).")
+        raise ConfigError("Name the data with `data` (builtin:NAME, a file, or D.sealed).")
     keys = resolve_keys(config)
     if is_sealed(config.data):
         return open_verified(config, keys, verified_header(config, keys))
@@ -47,7 +47,7 @@ def train(
     """
     if config.resume is not None:
         config = resumed_config(config)
-    config.validate_choices()
+    check_runnable(config)
     check_new_dir(config.out)
     keys = resolve_keys(config)
     if config.resume is not None:
@@ -56,6 +56,6 @@ def train(
         return train_sealed(config, keys, progress, on_run)
     if config.checkpoint_every:
         raise ConfigError(
-            "--checkpoint-every needs a sealed dataset and --key (checkpoints are encrypted)."
+            "`checkpoint_every` needs a sealed dataset and `key_dir` (checkpoints are encrypted)."
         )
     return train_loaded(config, data if data is not None else load_for(config), keys, progress)

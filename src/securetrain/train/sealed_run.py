@@ -41,9 +41,9 @@ def _declared_schema(config: TrainConfig, header: Header) -> Schema | None:
 def verified_header(config: TrainConfig, keys: ResolvedKeys) -> Header:
     """Check that the keys are there and the sealed dataset's signature holds; no decryption."""
     if keys.provider is None:
-        raise ConfigError(f"{config.data!r} is a sealed dataset; give --key KEYDIR to decrypt it.")
+        raise ConfigError(f"{config.data!r} is a sealed dataset; give `key_dir` to decrypt it.")
     if keys.public_key is None:
-        raise ConfigError("Give --public-key PUB to verify the sealed dataset's signature.")
+        raise ConfigError("Give `public_key` to verify the sealed dataset's signature.")
     return verify_sealed(Path(config.data), keys.public_key)
 
 
@@ -132,7 +132,7 @@ def reserve_sealed(config: TrainConfig, keys: ResolvedKeys) -> str:
     and reserve it in the ledger (no decryption); returns the run id."""
     if config.no_dp:
         raise ConfigError(
-            "--no-dp cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
+            "`no_dp` cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
         )
     header = verified_header(config, keys)
     assert keys.provider is not None

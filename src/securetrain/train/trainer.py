@@ -15,11 +15,11 @@ import torch
 from securetrain.bundle import Signer
 from securetrain.crypto import KeyProvider, KeySetPaths, passphrase_from_env, provider_for_keydir
 from securetrain.data import Schema, TabularData, load_dataset
-from securetrain.errors import ConfigError, DataError
+from securetrain.errors import DataError
 from securetrain.privacy import events_from_json
 from securetrain.train.card import TrainResult, dp_privacy, finish, no_dp_privacy
 from securetrain.train.checkpoint import TrainingState
-from securetrain.train.config import TrainConfig
+from securetrain.train.config import KeySettings, TrainConfig
 from securetrain.train.loop import ProgressCallback, train_dp, train_plain
 from securetrain.train.models import build_model
 from securetrain.train.plan import MechanismPlan, RunPlan, encode, make_plan, split
@@ -34,7 +34,7 @@ class ResolvedKeys:
     signer: Signer | None
 
 
-def resolve_keys(config: TrainConfig) -> ResolvedKeys:
+def resolve_keys(config: KeySettings) -> ResolvedKeys:
     """The master-key provider, the public key that checks sealed data, and the bundle signer."""
     passphrase = passphrase_from_env(config.passphrase_env)
     paths = KeySetPaths(config.key_dir) if config.key_dir else None
@@ -48,8 +48,6 @@ def resolve_keys(config: TrainConfig) -> ResolvedKeys:
 def apply_classes(config: TrainConfig, data: TabularData) -> TabularData:
     if config.classes is not None:
         # Declared classes are public; rows whose label is not among them are not trained on.
-        if len(config.classes) < 2:
-            raise ConfigError(f"--classes needs at least two classes. Found {config.classes}.")
         data.schema = replace(data.schema, classes=list(config.classes))
     return data
 
