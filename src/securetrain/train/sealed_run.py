@@ -99,7 +99,9 @@ def plan_privacy(config: TrainConfig, header: Header) -> MechanismPlan:
     return plan_mechanism(config, like, n=max(1.0, header.rows * (1 - config.test_fraction)))
 
 
-def _checkpointer(config: TrainConfig, keys: ResolvedKeys, run_id: str):  # type: ignore[no-untyped-def]
+def _checkpointer(
+    config: TrainConfig, keys: ResolvedKeys, run_id: str
+) -> Callable[[RunPlan, TrainingState], None] | None:
     if not config.checkpoint_every:
         return None
     assert keys.provider is not None
