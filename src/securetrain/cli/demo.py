@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,7 @@ DEMO_EPSILON = 1.0
 DEMO_BUDGET = 3.0
 
 
-def _metric(metrics: dict, name: str) -> str:  # type: ignore[type-arg]
+def _metric(metrics: Mapping[str, float | None], name: str) -> str:
     return f"{metrics[name]:.4f}" if metrics.get(name) is not None else "-"
 
 
