@@ -17,7 +17,6 @@ from torch import nn
 from securetrain.bundle import ModelCard, write_bundle
 from securetrain.bundle.card import Architecture, DataSection, SplitSection
 from securetrain.crypto.keystream import make_keystream
-from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import TabularData, split_mask
 from securetrain.data.preprocess import Preprocessor, declared_preprocessor
 from securetrain.errors import ConfigError, SecureTrainError
@@ -32,20 +31,21 @@ from securetrain.privacy import (
     dominates,
     events_to_json,
 )
-from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
-from securetrain.sealed import Header, check_key, is_sealed
+from securetrain.sealed import VerifiedSealed, check_key
 from securetrain.store import Store, ledger
 from securetrain.train import (
     ResolvedKeys,
+    SealedSource,
     TrainConfig,
     architecture_for,
     build_model,
     dp_metrics,
     load_data,
     open_verified,
+    parse_source,
     predict_proba,
     resolve_keys,
-    verified_header,
+    verify_source,
 )
 
 TEST_FRACTION = 0.3
@@ -77,8 +77,8 @@ class DatasetCharge:
 
 
 def _reserve_dataset(
-    config: FederatedConfig, train_config: TrainConfig, keys: ResolvedKeys, store: Store
-) -> tuple[Header, DatasetCharge]:
+    config: FederatedConfig, source: SealedSource, keys: ResolvedKeys, store: Store
+) -> tuple[VerifiedSealed, DatasetCharge]:
     """Verify the sealed dataset and the key and reserve the run on the dataset's own budget,
     from the header alone (nothing is decrypted). The sites hold disjoint rows, so one record
     meets one site's mechanism only (parallel composition): the charge is the events of one
@@ -89,10 +89,10 @@ def _reserve_dataset(
             "--site-budget sets simulated sites' budgets; a sealed dataset is charged to its own "
             "budget (securetrain budget set D.sealed --epsilon E)."
         )
-    path = Path(config.data)
-    header = verified_header(train_config, keys)
+    verified = verify_source(source, keys)
+    header, name = verified.header, source.path.name
     assert keys.provider is not None
-    check_key(path, keys.provider)  # a wrong key fails here, before any reservation
+    check_key(verified, keys.provider)  # a wrong key fails here, before any reservation
     plan = site_plan(
         config,
         max(1.0, header.rows * (1 - TEST_FRACTION) / config.sites),
@@ -102,8 +102,8 @@ def _reserve_dataset(
     run_id = ledger.reserve(
         store,
         dataset_id=header.dataset_id,
-        manifest_digest=signed_manifest_digest(path, SEALED_SIGNATURE),
-        name=path.name,
+        manifest_digest=verified.manifest_digest,
+        name=name,
         events=plan.events,
         epsilon=config.epsilon,
         delta_partition_selection=0.0,
@@ -114,8 +114,8 @@ def _reserve_dataset(
         },
     )
     budget_delta = ledger.status(store, header.dataset_id).delta
-    return header, DatasetCharge(
-        run_id, header.dataset_id, path.name, plan, (config.delta, budget_delta)
+    return verified, DatasetCharge(
+        run_id, header.dataset_id, name, plan, (config.delta, budget_delta)
     )
 
 
@@ -216,9 +216,10 @@ def simulate(config: FederatedConfig) -> FederatedResult:
     )
     keys = resolve_keys(train_config)
     store = Store(config.store)
-    if not is_sealed(config.data):
+    source = parse_source(config.data)
+    if not isinstance(source, SealedSource):
         return _simulate(config, load_data(train_config), keys, store, None)
-    header, charge = _reserve_dataset(config, train_config, keys, store)
+    verified, charge = _reserve_dataset(config, source, keys, store)
     decrypted = False
 
     def on_decrypt() -> None:
@@ -227,7 +228,7 @@ def simulate(config: FederatedConfig) -> FederatedResult:
         ledger.transition(store, charge.run_id, "running")
 
     try:
-        data = open_verified(train_config, keys, header, on_decrypt=on_decrypt)
+        data = open_verified(train_config, keys, verified, on_decrypt=on_decrypt)
         result = _simulate(config, data, keys, store, charge)
     except BaseException as exc:
         ledger.transition(

@@ -12,18 +12,30 @@ from securetrain.train.sealed_run import (
     open_verified,
     reserve_sealed,
     train_reserved,
-    verified_header,
+    verify_source,
+)
+from securetrain.train.source import (
+    BuiltinSource,
+    FileSource,
+    SealedSource,
+    Source,
+    parse_sealed,
+    parse_source,
 )
 from securetrain.train.trainer import ResolvedKeys, resolve_keys
 
 __all__ = [
+    "BuiltinSource",
     "DPPlan",
+    "FileSource",
     "Hyperparameters",
     "KeySettings",
     "MODELS",
     "NO_DP_WARNING",
     "ProgressCallback",
     "ResolvedKeys",
+    "SealedSource",
+    "Source",
     "StepInfo",
     "TrainConfig",
     "TrainResult",
@@ -36,6 +48,8 @@ __all__ = [
     "load_data",
     "load_model",
     "open_verified",
+    "parse_sealed",
+    "parse_source",
     "predict_file",
     "predict_proba",
     "reserve_sealed",
@@ -43,5 +57,5 @@ __all__ = [
     "signing_section",
     "train",
     "train_reserved",
-    "verified_header",
+    "verify_source",
 ]

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from securetrain.data import TabularData
 from securetrain.errors import ConfigError
 from securetrain.outputs import check_new_dir
-from securetrain.sealed import is_sealed
 from securetrain.train.card import TrainResult
 from securetrain.train.config import TrainConfig, check_runnable
 from securetrain.train.loop import ProgressCallback
@@ -16,19 +15,19 @@ from securetrain.train.sealed_run import (
     resume_sealed,
     resumed_config,
     train_sealed,
-    verified_header,
+    verify_source,
 )
+from securetrain.train.source import SealedSource, parse_sealed, parse_source
 from securetrain.train.trainer import load_for, resolve_keys, train_loaded
 
 
 def load_data(config: TrainConfig) -> TabularData:
     """The data ``config`` names, in memory: a sealed dataset is verified, then decrypted."""
-    if not config.data:
-        raise ConfigError("Name the data with `data` (builtin:NAME, a file, or D.sealed).")
+    source = parse_source(config.data)
     keys = resolve_keys(config)
-    if is_sealed(config.data):
-        return open_verified(config, keys, verified_header(config, keys))
-    return load_for(config)
+    if isinstance(source, SealedSource):
+        return open_verified(config, keys, verify_source(source, keys))
+    return load_for(config, source)
 
 
 def train(
@@ -51,11 +50,15 @@ def train(
     check_new_dir(config.out)
     keys = resolve_keys(config)
     if config.resume is not None:
-        return resume_sealed(config, keys, progress)
-    if data is None and is_sealed(config.data):
-        return train_sealed(config, keys, progress, on_run)
+        return resume_sealed(config, keys, parse_sealed(config.data), progress)
+    source = parse_source(config.data) if data is None else None
+    if isinstance(source, SealedSource):
+        return train_sealed(config, keys, source, progress, on_run)
     if config.checkpoint_every:
         raise ConfigError(
             "`checkpoint_every` needs a sealed dataset and `key_dir` (checkpoints are encrypted)."
         )
-    return train_loaded(config, data if data is not None else load_for(config), keys, progress)
+    if source is not None:
+        data = load_for(config, source)
+    assert data is not None
+    return train_loaded(config, data, keys, progress)

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from pathlib import Path
 
 import pyarrow as pa
 
-from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.data import Schema, TabularData, from_table
 from securetrain.errors import ConfigError, IntegrityError
 from securetrain.privacy import events_from_json
-from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
-from securetrain.sealed import Header, check_key, open_sealed, verify_sealed
+from securetrain.sealed import Header, VerifiedSealed, check_key, open_sealed, verify_sealed
 from securetrain.store import Store, ledger
 from securetrain.train.card import TrainResult
 from securetrain.train.checkpoint import (
@@ -26,6 +23,7 @@ from securetrain.train.checkpoint import (
 from securetrain.train.config import TrainConfig
 from securetrain.train.loop import ProgressCallback
 from securetrain.train.plan import MechanismPlan, RunPlan, plan_mechanism
+from securetrain.train.source import SealedSource
 from securetrain.train.trainer import ResolvedKeys, apply_classes, train_loaded
 
 
@@ -38,36 +36,33 @@ def _declared_schema(config: TrainConfig, header: Header) -> Schema | None:
     return Schema.from_json(declared, origin=f"declared schema of {config.data!r}")
 
 
-def verified_header(config: TrainConfig, keys: ResolvedKeys) -> Header:
+def verify_source(source: SealedSource, keys: ResolvedKeys) -> VerifiedSealed:
     """Check that the keys are there and the sealed dataset's signature holds; no decryption."""
     if keys.provider is None:
-        raise ConfigError(f"{config.data!r} is a sealed dataset; give `key_dir` to decrypt it.")
+        raise ConfigError(f"{str(source)!r} is a sealed dataset; give `key_dir` to decrypt it.")
     if keys.public_key is None:
         raise ConfigError("Give `public_key` to verify the sealed dataset's signature.")
-    return verify_sealed(Path(config.data), keys.public_key)
+    return verify_sealed(source.path, keys.public_key)
 
 
 def open_verified(
     config: TrainConfig,
     keys: ResolvedKeys,
-    header: Header,
+    verified: VerifiedSealed,
     *,
     on_decrypt: Callable[[], None] | None = None,
 ) -> TabularData:
     """Decrypt a verified sealed dataset into memory (never to disk); ``on_decrypt`` is called
     just before decryption begins."""
-    path = Path(config.data)
     assert keys.provider is not None
-    digest = signed_manifest_digest(path, SEALED_SIGNATURE)
+    header, digest = verified.header, verified.manifest_digest
     if on_decrypt is not None:
         on_decrypt()
-    opened, table = open_sealed(path, keys=keys.provider)
-    if opened.raw != header.raw:
-        raise IntegrityError(f"{config.data!r} changed after it was verified")
+    table = open_sealed(verified, keys=keys.provider)
     data = from_table(
         table,
         label=config.label or header.label,
-        source=path.name,
+        source=verified.path.name,
         sha256=digest,
         features=config.features,
         schema=_declared_schema(config, header),
@@ -76,7 +71,7 @@ def open_verified(
     data.sealed = {
         "dataset_id": header.dataset_id,
         "manifest_sha256": digest,
-        "signer": str(header.doc.get("signer")),
+        "signer": verified.signer,
     }
     return apply_classes(config, data)
 
@@ -129,23 +124,23 @@ def _complete(store: Store, run_id: str, result: TrainResult) -> TrainResult:
     return result
 
 
-def reserve_sealed(config: TrainConfig, keys: ResolvedKeys) -> str:
+def reserve_sealed(config: TrainConfig, keys: ResolvedKeys, source: SealedSource) -> str:
     """Verify the sealed dataset and the key, plan the run's privacy loss from the header alone
     and reserve it in the ledger (no decryption); returns the run id."""
     if config.no_dp:
         raise ConfigError(
             "`no_dp` cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
         )
-    header = verified_header(config, keys)
+    verified = verify_source(source, keys)
     assert keys.provider is not None
-    check_key(Path(config.data), keys.provider)  # a wrong key fails here, before any reservation
-    mechanism = plan_privacy(config, header)
+    check_key(verified, keys.provider)  # a wrong key fails here, before any reservation
+    mechanism = plan_privacy(config, verified.header)
     assert config.epsilon is not None
     return ledger.reserve(
         Store(config.store),
-        dataset_id=header.dataset_id,
-        manifest_digest=signed_manifest_digest(Path(config.data), SEALED_SIGNATURE),
-        name=Path(config.data).name,
+        dataset_id=verified.header.dataset_id,
+        manifest_digest=verified.manifest_digest,
+        name=source.path.name,
         events=mechanism.events(),
         epsilon=config.epsilon,
         delta_partition_selection=mechanism.selection_delta,
@@ -161,19 +156,25 @@ def reserved_mechanism(store: Store, run_id: str) -> MechanismPlan:
     return MechanismPlan.model_validate(ledger.get_run(store, run_id).parameters["mechanism"])
 
 
-def reserved_header(config: TrainConfig, keys: ResolvedKeys, store: Store, run_id: str) -> Header:
-    """The verified header of the sealed dataset a run reserved its budget on."""
+def reserved_dataset(
+    source: SealedSource, keys: ResolvedKeys, store: Store, run_id: str
+) -> VerifiedSealed:
+    """The sealed dataset a run reserved its budget on, verified."""
     run = ledger.get_run(store, run_id)
-    header = verified_header(config, keys)
-    if header.dataset_id != run.dataset_id:
+    verified = verify_source(source, keys)
+    if verified.header.dataset_id != run.dataset_id:
         raise IntegrityError(
-            f"{config.data!r} is not the dataset that run {run_id} reserved budget on"
+            f"{str(source)!r} is not the dataset that run {run_id} reserved budget on"
         )
-    return header
+    return verified
 
 
 def train_reserved(
-    config: TrainConfig, keys: ResolvedKeys, run_id: str, progress: ProgressCallback | None
+    config: TrainConfig,
+    keys: ResolvedKeys,
+    source: SealedSource,
+    run_id: str,
+    progress: ProgressCallback | None,
 ) -> TrainResult:
     """Train under an existing reservation: decrypt in memory, train with exactly the reserved
     mechanism, record what ran. A run stopped before decryption (a sealed file that no longer
@@ -190,8 +191,8 @@ def train_reserved(
         decrypting = True
 
     try:
-        header = reserved_header(config, keys, store, run_id)
-        data = open_verified(config, keys, header, on_decrypt=started)
+        verified = reserved_dataset(source, keys, store, run_id)
+        data = open_verified(config, keys, verified, on_decrypt=started)
         ledger.transition(store, run_id, "running")
         result = train_loaded(
             config,
@@ -215,14 +216,15 @@ def train_reserved(
 def train_sealed(
     config: TrainConfig,
     keys: ResolvedKeys,
+    source: SealedSource,
     progress: ProgressCallback | None,
     on_run: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Verify, reserve the planned privacy loss in the ledger, and only then decrypt and train."""
-    run_id = reserve_sealed(config, keys)
+    run_id = reserve_sealed(config, keys, source)
     if on_run is not None:
         on_run(run_id)
-    return train_reserved(config, keys, run_id, progress)
+    return train_reserved(config, keys, source, run_id, progress)
 
 
 RESUMABLE = ("running", "failed")
@@ -248,18 +250,21 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
 
 
 def resume_sealed(
-    config: TrainConfig, keys: ResolvedKeys, progress: ProgressCallback | None
+    config: TrainConfig,
+    keys: ResolvedKeys,
+    source: SealedSource,
+    progress: ProgressCallback | None,
 ) -> TrainResult:
     """Continue a crashed run from its last encrypted checkpoint, under the same reservation."""
     assert config.resume is not None
     run_id = config.resume
     store = Store(config.store)
-    header = reserved_header(config, keys, store, run_id)
+    verified = reserved_dataset(source, keys, store, run_id)
     assert keys.provider is not None
     plan_json, state = load_checkpoint(keys.provider.master_key(), run_id)
     plan = RunPlan.model_validate(plan_json)
     try:
-        data = open_verified(config, keys, header)
+        data = open_verified(config, keys, verified)
         ledger.transition(store, run_id, "running", details={"resumed_from_step": state.step})
         result = train_loaded(
             config,

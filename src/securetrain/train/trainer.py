@@ -14,7 +14,8 @@ import torch
 
 from securetrain.bundle import Signer
 from securetrain.crypto import KeyProvider, KeySetPaths, passphrase_from_env, provider_for_keydir
-from securetrain.data import Schema, TabularData, load_dataset
+from securetrain.data import Schema, TabularData, load_builtin
+from securetrain.data.loading import load_file
 from securetrain.errors import DataError
 from securetrain.privacy import events_from_json
 from securetrain.train.card import TrainResult, dp_privacy, finish, no_dp_privacy
@@ -23,6 +24,7 @@ from securetrain.train.config import KeySettings, TrainConfig
 from securetrain.train.loop import ProgressCallback, train_dp, train_plain
 from securetrain.train.models import build_model
 from securetrain.train.plan import MechanismPlan, RunPlan, encode, make_plan, split
+from securetrain.train.source import BuiltinSource, FileSource
 
 CheckpointCallback = Callable[[RunPlan, TrainingState], None]
 
@@ -52,16 +54,21 @@ def apply_classes(config: TrainConfig, data: TabularData) -> TabularData:
     return data
 
 
-def load_for(config: TrainConfig) -> TabularData:
+def load_for(config: TrainConfig, source: BuiltinSource | FileSource) -> TabularData:
     """A plaintext table or built-in dataset (sealed data goes through the ledger in train())."""
     schema = Schema.load(config.schema_path) if config.schema_path else None
-    data = load_dataset(
-        config.data,
-        label=config.label,
-        features=config.features,
-        schema=schema,
-        keep_identifiers=config.keep_identifiers,
-    )
+    if isinstance(source, BuiltinSource):
+        data = load_builtin(source.spec)
+        if schema is not None:
+            data.schema = schema
+    else:
+        data = load_file(
+            source.path,
+            label=config.label,
+            features=config.features,
+            schema=schema,
+            keep_identifiers=config.keep_identifiers,
+        )
     return apply_classes(config, data)
 
 
