@@ -103,12 +103,15 @@ def main() -> None:
                     t = time.perf_counter()
                     result = train(cfg)
                     seconds.append(time.perf_counter() - t)
-                    aucs.append(result.card.metrics["test_auc"])
-                    accs.append(result.card.metrics["test_accuracy"])
+                    aucs.append(result.card.metrics.test_auc)
+                    accs.append(result.card.metrics.test_accuracy)
                     if eps is not None and dataset == "builtin:breast-cancer" and eps == 1.0:
                         opacus.append(
                             opacus_reference(
-                                dataset, result.card.data.split["seed"], eps, result.card.training
+                                dataset,
+                                result.card.data.split.seed,
+                                eps,
+                                result.card.training.model_dump(),
                             )
                         )
                 key = "no_dp" if eps is None else f"epsilon_{eps:g}"

@@ -14,13 +14,13 @@ from securetrain.errors import DataError
 def check_new_file(out: Path) -> None:
     if out.exists():
         raise DataError(
-            f"Output file already exists: {str(out)!r}; choose another --out or remove it."
+            f"Output file already exists: {str(out)!r}; choose another `out` or remove it."
         )
     if not out.resolve().parent.is_dir():
         raise DataError(f"Output directory does not exist: {str(out.resolve().parent)!r}.")
 
 
-def write_path_atomic(out: Path, write: Callable[[Path], None]) -> None:
+def write_path_atomic(out: Path, write: Callable[[Path], object]) -> None:
     """Let ``write`` create a temporary file beside ``out``, then rename it into place."""
     check_new_file(out)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
@@ -42,7 +42,7 @@ def write_file_atomic(out: Path, content: str | bytes) -> None:
 def check_new_dir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(
-            f"Output path already exists: {str(out)!r}; choose another --out or remove it."
+            f"Output path already exists: {str(out)!r}; choose another `out` or remove it."
         )
     if not out.resolve().parent.is_dir():
         raise DataError(f"Output directory's parent does not exist: {str(out.resolve().parent)!r}.")

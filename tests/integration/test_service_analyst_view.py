@@ -170,7 +170,7 @@ def _exact(world: World, job: str, screened: ScreenReport) -> dict[str, float]:
     card, model = load_model(result_dir(world.settings, job) / "bundle")
     data = load_builtin("breast-cancer")
     split = card.data.split
-    test = split_mask(data, seed=split["seed"], test_fraction=split["test_fraction"])
+    test = split_mask(data, seed=split.seed, test_fraction=split.test_fraction)
     held_out = data.take(np.flatnonzero(test))
     probs = predict_probabilities(card, model, held_out.features)
     y, known = card.model.preprocessing.encode_labels(held_out.labels)

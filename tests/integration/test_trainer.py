@@ -41,7 +41,7 @@ def test_parquet_input_and_card_round_trip(tmp_path: Path) -> None:
     )
     assert p.epsilon <= 2.0 and p.secure_rng is True
     # Unseeded: six runs gave 0.797-0.813, and one CI run 0.697; a broken pipeline gives ~0.5.
-    assert card.metrics["test_auc"] > 0.65
+    assert card.metrics.test_auc is not None and card.metrics.test_auc > 0.65
     _, model = load_model(result.bundle)
     probs = predict_probabilities(card, model, pq.read_table(data))
     assert probs.shape == (6000, 2)
@@ -52,7 +52,7 @@ def test_secure_by_default_and_seed_is_recorded(tmp_path: Path) -> None:
     a = train(TrainConfig(data="builtin:breast-cancer", epsilon=1.0, out=tmp_path / "a", epochs=1))
     b = train(TrainConfig(data="builtin:breast-cancer", epsilon=1.0, out=tmp_path / "b", epochs=1))
     assert a.card.privacy.secure_rng and b.card.privacy.secure_rng
-    assert a.card.data.split["seed"] != b.card.data.split["seed"]
+    assert a.card.data.split.seed != b.card.data.split.seed
     c = train(
         TrainConfig(data="builtin:breast-cancer", epsilon=1.0, out=tmp_path / "c", epochs=1, seed=3)
     )

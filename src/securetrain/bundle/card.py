@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from securetrain.data.identity import DataIdentity
 from securetrain.data.preprocess import Preprocessor
@@ -55,6 +55,75 @@ class PrivacySection(BaseModel):
     warning: str | None = None
 
 
+class Section(BaseModel):
+    """A card section whose keys depend on the run: unknown keys are refused, and a key its
+    writer left out stays out of the JSON, so a card reads and writes back byte for byte."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _given_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        return {k: v for k, v in dumped.items() if k in self.model_fields_set}
+
+
+class SplitSection(Section):
+    """How the held-out rows were chosen: a keyed hash per record at ``seed``, or none (a
+    federated deployment, where each site trains on all its rows)."""
+
+    method: str
+    test_fraction: float | None = None
+    seed: str | None = None
+
+
+class ScreeningSection(Section):
+    """Which checks ran before training, and whether flagged rows were dropped; no counts."""
+
+    mode: Literal["drop", "warn"]
+    checks: list[str]
+    note: str
+
+
+class MetricsSection(Section):
+    """Held-out metrics: DP ones (from one Gaussian release, with the AUC's noise interval and
+    the histogram's bins) for a DP run, exact ones for a baseline; ``note`` says which."""
+
+    test_accuracy: float | None = None
+    test_auc: float | None = None
+    test_auc_ci95: list[float] | None = None
+    histogram_bins: int | None = None
+    note: str
+
+
+class TrainingSection(Section):
+    """The DP-SGD hyperparameters of a run in one place."""
+
+    model: str
+    epochs: int
+    batch_size: int
+    max_grad_norm: float
+    lr: float
+    optimizer: str
+
+
+class FederatedTrainingSection(Section):
+    """Each site's local training in a federated run."""
+
+    model: str
+    lr: float
+    max_grad_norm: float
+    local_epochs: int
+    optimizer: str
+
+
+class SigningSection(Section):
+    """Who signed the bundle (the key's fingerprint), in which format, in which file."""
+
+    signer: str
+    format: str
+    signature_file: str
+
+
 class DataSection(BaseModel):
     """``identity`` names the trained-on data without a hash of the plaintext (the sealed
     manifest digest, a built-in dataset's digest, or a keyed commitment); None where the data
@@ -67,9 +136,9 @@ class DataSection(BaseModel):
     n_test: int
     counts: str
     identity: DataIdentity | None
-    split: dict[str, Any]
+    split: SplitSection
     sealed: dict[str, str] | None = None
-    screening: dict[str, Any] | None = None
+    screening: ScreeningSection | None = None
 
 
 class ModelCard(BaseModel):
@@ -78,8 +147,8 @@ class ModelCard(BaseModel):
     model: ModelSection
     privacy: PrivacySection
     data: DataSection
-    training: dict[str, Any]
-    metrics: dict[str, Any]
+    training: TrainingSection | FederatedTrainingSection
+    metrics: MetricsSection
     software: dict[str, str]
-    signing: dict[str, str] | None = None
+    signing: SigningSection | None = None
     federated: dict[str, Any] | None = None

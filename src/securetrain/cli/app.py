@@ -12,6 +12,7 @@ from securetrain.cli.audit import audit_command
 from securetrain.cli.common import audit, err_console
 from securetrain.cli.demo import demo_command
 from securetrain.cli.federated import federated_app
+from securetrain.cli.flags import with_flags
 from securetrain.cli.keys import keys_app
 from securetrain.cli.ledger import budget_app, log_app
 from securetrain.cli.predict import predict_command
@@ -82,7 +83,9 @@ def _audit_failure(exc: SecurityError) -> None:
 
 def _print_error(exc: Exception) -> None:
     err_console.print(
-        f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+        f"[bold red]error:[/bold red] {escape(with_flags(str(exc)))}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -46,7 +46,7 @@ def _row(name: str, result: TrainResult) -> list[str]:
         delta,
         _metric(exact, "test_auc"),
         _metric(exact, "test_accuracy"),
-        _metric(result.card.metrics, "test_auc"),
+        _metric(result.card.metrics.model_dump(), "test_auc"),
     ]
 
 

@@ -141,8 +141,8 @@ def simulate_command(
     )
     m = card.metrics
     console.print(
-        f"global model: test accuracy {m['test_accuracy']}, test AUC "
-        f"{m['test_auc'] if m['test_auc'] is None else format(m['test_auc'], '.4f')}"
+        f"global model: test accuracy {m.test_accuracy}, test AUC "
+        f"{m.test_auc if m.test_auc is None else format(m.test_auc, '.4f')}"
     )
     console.print(
         f"bundle: {escape(str(result.bundle))}, {'signed' if card.signing else 'unsigned'}"

@@ -211,7 +211,7 @@ def from_table(
     which no row can change."""
     names = table.column_names
     if label is None:
-        raise DataError(f"Name the label column with --label; columns are: {', '.join(names)}.")
+        raise DataError(f"Name the label column with `label`; columns are: {', '.join(names)}.")
     if label not in names:
         raise DataError(f"No label column {label!r} in the data; columns are: {', '.join(names)}.")
     if features:

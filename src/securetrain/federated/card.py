@@ -9,7 +9,14 @@ from typing import Any
 import torch
 
 from securetrain.bundle import ModelCard, Signer
-from securetrain.bundle.card import Architecture, DataSection, ModelSection, PrivacySection
+from securetrain.bundle.card import (
+    Architecture,
+    DataSection,
+    FederatedTrainingSection,
+    MetricsSection,
+    ModelSection,
+    PrivacySection,
+)
 from securetrain.crypto.keystream import rng_description
 from securetrain.data.preprocess import Preprocessor
 from securetrain.federated.config import FederatedConfig
@@ -105,14 +112,14 @@ def federated_card(
             warning=None,
         ),
         data=data,
-        training={
-            "model": config.model,
-            "lr": lr,
-            "max_grad_norm": clip,
-            "local_epochs": config.epochs_per_round,
-            "optimizer": "sgd-momentum",
-        },
-        metrics=metrics,
+        training=FederatedTrainingSection(
+            model=config.model,
+            lr=lr,
+            max_grad_norm=clip,
+            local_epochs=config.epochs_per_round,
+            optimizer="sgd-momentum",
+        ),
+        metrics=MetricsSection.model_validate(metrics),
         software={
             "securetrain": version("securetrain"),
             "torch": torch.__version__,

@@ -13,7 +13,16 @@ import torch
 from torch import nn
 
 from securetrain.bundle import SIGNATURE, ModelCard, Signer, write_bundle
-from securetrain.bundle.card import DataSection, ModelSection, PrivacySection
+from securetrain.bundle.card import (
+    DataSection,
+    MetricsSection,
+    ModelSection,
+    PrivacySection,
+    ScreeningSection,
+    SigningSection,
+    SplitSection,
+    TrainingSection,
+)
 from securetrain.crypto.keystream import make_keystream
 from securetrain.data import Preprocessor, TabularData
 from securetrain.engine import DPOptimizer
@@ -102,22 +111,25 @@ def dp_privacy(
     )
 
 
-def screening_section(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+def screening_section(summary: dict[str, Any] | None) -> ScreeningSection | None:
     """What the card says about screening: the mode and the checks, no count."""
     if summary is None:
         return None
-    return {"mode": summary["mode"], "checks": sorted(summary["by_check"]), "note": SCREENING_NOTE}
+    return ScreeningSection(
+        mode=summary["mode"], checks=sorted(summary["by_check"]), note=SCREENING_NOTE
+    )
 
 
 def card_metrics(
     plan: RunPlan, probs: np.ndarray, y: np.ndarray, *, seed: int | None
-) -> dict[str, Any]:
+) -> MetricsSection:
     """The card's held-out metrics: DP (one accounted Gaussian release) for a DP run; exact
     for a --no-dp baseline, which has no guarantee to keep."""
     n_classes = len(plan.preprocessor.label.classes)
     if plan.dp is None:
-        return {**exact_metrics(probs, y, n_classes), "note": NO_DP_METRICS_NOTE}
-    metrics: dict[str, Any] = dp_metrics(
+        exact = exact_metrics(probs, y, n_classes)
+        return MetricsSection.model_validate({**exact, "note": NO_DP_METRICS_NOTE})
+    metrics = dp_metrics(
         probs,
         y,
         n_classes,
@@ -125,18 +137,18 @@ def card_metrics(
         n_noisy=plan.n_test_noisy,
         rng=make_keystream(seed, stream="metrics"),
     )
-    return {**metrics, "note": METRICS_NOTE}
+    return MetricsSection.model_validate({**metrics, "note": METRICS_NOTE})
 
 
-def signing_section(signer: Signer | None) -> dict[str, str] | None:
+def signing_section(signer: Signer | None) -> SigningSection | None:
     """What the card says about the bundle's signature (None when unsigned)."""
     if signer is None:
         return None
-    return {
-        "signer": signer.fingerprint(),
-        "format": "OpenSSF model-signing, ECDSA P-256",
-        "signature_file": SIGNATURE,
-    }
+    return SigningSection(
+        signer=signer.fingerprint(),
+        format="OpenSSF model-signing, ECDSA P-256",
+        signature_file=SIGNATURE,
+    )
 
 
 def finish(
@@ -168,13 +180,13 @@ def finish(
             identity=data.commit(config.out),
             sealed=data.sealed,
             screening=screening_section(screening),
-            split={
-                "method": "hmac-sha256 per record",
-                "test_fraction": config.test_fraction,
-                "seed": plan.split_seed,
-            },
+            split=SplitSection(
+                method="hmac-sha256 per record",
+                test_fraction=config.test_fraction,
+                seed=plan.split_seed,
+            ),
         ),
-        training=plan.hp.model_dump(),
+        training=TrainingSection(**plan.hp.model_dump()),
         signing=signing_section(signer),
         metrics=card_metrics(plan, probs, enc.y_test, seed=config.seed),
         software={

@@ -109,7 +109,7 @@ def load_checkpoint(master_key: bytes, run_id: str) -> tuple[dict[str, Any], Tra
     path = checkpoint_path(run_id)
     if not path.is_file():
         raise DataError(
-            f"Run {run_id} has no checkpoint to resume from (train with --checkpoint-every N)."
+            f"Run {run_id} has no checkpoint to resume from (train with `checkpoint_every` N)."
         )
     try:
         doc = json.loads(path.read_text())
