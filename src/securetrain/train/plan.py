@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -100,7 +101,8 @@ def plan_mechanism(config: TrainConfig, like: TabularData, *, n: float) -> Mecha
     sigma_pre = preprocessing_sigma(config, len(releases))
     hp = choose_hyperparameters(config, n_noisy=n, image=like.image_shape is not None)
     deltas = plan_deltas(n=n, delta=config.delta, selection="category_selection" in releases)
-    common = dict(
+    mechanism = partial(
+        MechanismPlan,
         hp=hp,
         sigma_pre=sigma_pre,
         releases=releases,
@@ -110,7 +112,7 @@ def plan_mechanism(config: TrainConfig, like: TabularData, *, n: float) -> Mecha
         accountant=config.accountant,
     )
     if config.no_dp:
-        return MechanismPlan(**common, sample_rate=None, noise_multiplier=None, steps=None)
+        return mechanism(sample_rate=None, noise_multiplier=None, steps=None)
     assert config.epsilon is not None
     sgd = plan_dp_sgd(
         epsilon=config.epsilon,
@@ -121,8 +123,7 @@ def plan_mechanism(config: TrainConfig, like: TabularData, *, n: float) -> Mecha
         fixed_events=[GaussianEvent(sigma_pre, len(releases))],
         accountant=config.accountant,
     )
-    return MechanismPlan(
-        **common,
+    return mechanism(
         sample_rate=sgd.sample_rate,
         noise_multiplier=sgd.noise_multiplier,
         steps=sgd.steps,

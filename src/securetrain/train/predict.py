@@ -70,7 +70,9 @@ def predict_file(
     table = load_table(data)
     probs = predict_probabilities(card, model, table)
     classes = card.model.preprocessing.label.classes
-    columns = {"prediction": [classes[i] for i in probs.argmax(1)]}
+    columns: dict[str, list[str] | np.ndarray] = {
+        "prediction": [classes[i] for i in probs.argmax(1)]
+    }
     columns.update(
         {f"probability_{c}": probs[:, j].astype(np.float64) for j, c in enumerate(classes)}
     )
