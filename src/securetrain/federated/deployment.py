@@ -54,11 +54,13 @@ from securetrain.federated.trust import (
 )
 from securetrain.outputs import check_new_dir
 from securetrain.train import (
+    BuiltinSource,
     KeySettings,
     TrainConfig,
     architecture_for,
     build_model,
     load_data,
+    parse_source,
     resolve_keys,
 )
 
@@ -285,9 +287,9 @@ class SiteOptions:
 def _node_config(site: SiteOptions, done: Path) -> str:
     """The SuperNode's ``--node-config``: where this site's data, keys and ledger are (read only
     by its own ClientApp), and the file its ClientApp writes when the run is over."""
-    data = site.train.data
+    source = parse_source(site.train.data)
     node_config = {
-        "data": data if data.startswith("builtin:") else str(Path(data).resolve()),
+        "data": str(source) if isinstance(source, BuiltinSource) else str(source.path.resolve()),
         "key-dir": site.train.key_dir,
         "public-key": site.train.public_key,
         "passphrase-env": site.train.passphrase_env,
