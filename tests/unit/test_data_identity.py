@@ -39,7 +39,7 @@ def test_a_private_file_is_committed_under_a_key_written_owner_only(tmp_path: Pa
     one_row = load_dataset(str(_csv(tmp_path / "e.csv", change_row=5)), label="y")
     with pytest.raises(DataError, match="not what the bundle was trained on"):
         check(identity, one_row, key=key)
-    with pytest.raises(ConfigError, match="give --data-key"):
+    with pytest.raises(ConfigError, match="give `data_key`"):
         check(identity, data, key=tmp_path / "missing")
     (tmp_path / "short").write_text("abcd\n")
     with pytest.raises(ConfigError, match="is not a data key"):

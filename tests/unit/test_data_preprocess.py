@@ -90,7 +90,7 @@ def test_one_hot_for_selected_categories_and_zeros_for_others() -> None:
 
 def test_too_few_rows_for_dp_classes_asks_for_a_declaration() -> None:
     table = pa.table({"x": np.arange(40.0), "y": ["p", "q"] * 20})
-    with pytest.raises(DataError, match=r"declare them with --classes A,B or in a schema file"):
+    with pytest.raises(DataError, match=r"declare them in `classes` \(A,B\) or in a schema file"):
         fit_preprocessor(
             _data(table), n_test=0, sigma=50.0, selection_delta=1e-6, rng=make_keystream(0)
         )

@@ -59,7 +59,7 @@ def check_canaries(m: int, available: int) -> None:
         )
     if m > available:
         raise ConfigError(
-            f"--canaries {m} exceeds the {available} held-out rows available as canaries."
+            f"`canaries` {m} exceeds the {available} held-out rows available as canaries."
         )
 
 

@@ -149,7 +149,7 @@ def read_master_key(path: Path, passphrase: str | None) -> bytes:
         elif doc["kind"] == "scrypt-wrapped":
             if passphrase is None:
                 raise UserError(
-                    f"Master key {str(path)!r} is protected by a passphrase; give --passphrase-env VAR."
+                    f"Master key {str(path)!r} is protected by a passphrase; give `passphrase_env`."
                 )
             derived = _scrypt(passphrase, doc["kdf"])
             if doc["format"] == MASTER_FORMAT:
@@ -223,7 +223,7 @@ def generate_keyset(out: Path, passphrase: str | None = None) -> KeySetPaths:
     )
     for p in files:
         if p.exists():
-            raise DataError(f"Key file already exists: {str(p)!r}; choose another --out.")
+            raise DataError(f"Key file already exists: {str(p)!r}; choose another `out`.")
     if passphrase is not None and not passphrase:
         raise UserError("The passphrase is empty.")
     kdf: dict[str, object] = {

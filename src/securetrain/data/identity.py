@@ -80,7 +80,7 @@ def commit(data: TabularData, bundle: Path) -> DataIdentity:
 def _read_key(path: Path) -> bytes:
     if not path.is_file():
         raise ConfigError(
-            "The card commits to its data under a key that is not released; give --data-key "
+            "The card commits to its data under a key that is not released; give `data_key` "
             f"(the file written beside the bundle). Not found: {str(path)!r}."
         )
     text = path.read_text(encoding="ascii", errors="replace").strip()

@@ -211,7 +211,7 @@ def _fit_categories(
     if len(classes) < 2:
         raise DataError(
             f"Label column {train.label_name!r}: only {len(classes)} class(es) are frequent enough "
-            "to be released under DP; declare them with --classes A,B or in a schema file."
+            "to be released under DP; declare them in `classes` (A,B) or in a schema file."
         )
     return selected, classes, threshold, used_selection_delta
 

@@ -146,7 +146,7 @@ def seal_table(
     categories, classes); it travels in the signed header for training to use."""
     if out.exists():
         raise DataError(
-            f"Output path already exists: {str(out)!r}; choose another --out or remove it."
+            f"Output path already exists: {str(out)!r}; choose another `out` or remove it."
         )
     if not out.resolve().parent.is_dir():
         raise DataError(f"Output directory's parent does not exist: {str(out.resolve().parent)!r}.")

@@ -25,11 +25,11 @@ def check_signature(bundle: Path, public_key: Path | None, allow_unsigned: bool)
         if not (bundle / CARD).is_file():
             raise DataError(f"Not a model bundle (no {CARD}): {str(bundle)!r}.")
         raise IntegrityError(
-            f"Bundle {str(bundle)!r} is not signed; give --allow-unsigned to use it anyway."
+            f"Bundle {str(bundle)!r} is not signed; give `allow_unsigned` to use it anyway."
         )
     if public_key is None:
         raise ConfigError(
-            "Give --public-key PUB to check the bundle's signature (or --allow-unsigned)."
+            "Give `public_key` to check the bundle's signature (or `allow_unsigned`)."
         )
     verify_bundle(bundle, public_key)
 
