@@ -15,6 +15,7 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
+from securetrain.data import hospital
 from securetrain.data.dataset import Schema, TabularData
 from securetrain.errors import DataError
 
@@ -171,10 +172,34 @@ def synthetic_fraud(n: int = FRAUD_ROWS, seed: int = FRAUD_SEED) -> TabularData:
     )
 
 
+def hospital_visits() -> TabularData:
+    """Generated visits, 1 to 40 per patient (see :mod:`securetrain.data.hospital`); the
+    patient identifier is declared and is not a feature."""
+    table, labels = hospital.generate()
+    schema = Schema(
+        bounds=dict(hospital.BOUNDS),
+        categories={"sex": ["female", "male"], "department": list(hospital.DEPARTMENTS)},
+        classes=list(hospital.CLASSES),
+        transforms={"glucose": "log"},
+        identifiers=["patient_id"],
+    )
+    return TabularData(
+        table.drop_columns(["patient_id"]),
+        labels,
+        "readmitted_30d",
+        "builtin:hospital-visits",
+        _digest(table, labels),
+        schema,
+        dropped_identifiers=["patient_id"],
+        public=True,
+    )
+
+
 BUILTINS: dict[str, Callable[[], TabularData]] = {
     "breast-cancer": breast_cancer,
     "digits": digits,
     "synthetic-fraud": synthetic_fraud,
+    "hospital-visits": hospital_visits,
 }
 
 
