@@ -52,7 +52,7 @@ ClientNoiseOption = Annotated[float, typer.Option(help="Noise multiplier of clie
 ClientClipOption = Annotated[float, typer.Option(help="Clipping bound of each site's update.")]
 
 
-def _config(options: dict, **settings: object) -> FederatedConfig:
+def _config(options: dict[str, object], **settings: object) -> FederatedConfig:
     """The run's settings from a command's options (same names, but --key and --schema)."""
     renamed = {"key": "key_dir", "schema": "schema_path"}
     fields = {
@@ -60,7 +60,7 @@ def _config(options: dict, **settings: object) -> FederatedConfig:
         for k, v in options.items()
         if renamed.get(k, k) in FederatedConfig.model_fields
     }
-    return FederatedConfig(**fields, **settings)
+    return FederatedConfig.model_validate({**fields, **settings})
 
 
 federated_app = typer.Typer(

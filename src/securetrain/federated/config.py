@@ -131,13 +131,13 @@ class FederatedConfig(BaseModel):
                 raise ConfigError(
                     f"Partition must be iid or dirichlet:ALPHA with ALPHA > 0. Found {self.partition!r}."
                 )
-        for name, value, choices in (
+        for name, choice, choices in (
             ("Aggregator", self.aggregator, AGGREGATORS),
             ("Attack", self.attack, ATTACKS),
             ("Client DP", self.client_dp, CLIENT_DP),
         ):
-            if value not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}. Found {value!r}.")
+            if choice not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}. Found {choice!r}.")
         if self.secagg and self.aggregator in ROBUST:
             raise ConfigError(
                 f"--secagg hides each site's update from the server, and --aggregator "

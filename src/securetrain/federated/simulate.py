@@ -259,6 +259,7 @@ def _simulate(
 ) -> FederatedResult:
     from securetrain.federated.apps import set_weights
 
+    assert config.out is not None  # simulate() checked it
     pre = declared_preprocessor(data)
     rng = np.random.default_rng(secrets.randbits(128) if config.seed is None else config.seed)
     sites, split_seed = _sites(config, pre, data, rng, charge)

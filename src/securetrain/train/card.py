@@ -162,6 +162,7 @@ def finish(
     screening: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Evaluate on the held-out split, write the card, and write (and sign) the bundle."""
+    assert config.out is not None  # check_runnable refused a run without one
     pre = plan.preprocessor
     probs = predict_proba(model, enc.x_test)
     card = ModelCard(

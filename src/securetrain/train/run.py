@@ -47,6 +47,7 @@ def train(
     if config.resume is not None:
         config = resumed_config(config)
     check_runnable(config)
+    assert config.out is not None  # check_runnable refused a run without one
     check_new_dir(config.out)
     keys = resolve_keys(config)
     if config.resume is not None:
