@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 import torch
 from torch import nn
@@ -47,23 +47,28 @@ class LayerTrace:
     scale: float = 1.0
     # (strategy, state) when the layer was prepared as soon as its gradient arrived; inputs and
     # output gradients are then no longer held.
-    prepared: tuple[ClippingStrategy, object] | None = None
+    prepared: tuple[ClippingStrategy[Any], object] | None = None
 
 
-class ClippingStrategy(Protocol):
-    """How to clip one layer type's per-sample gradients."""
+State = TypeVar("State")
 
-    def prepare(self, module: nn.Module, trace: LayerTrace) -> object:
+
+class ClippingStrategy(Protocol[State]):
+    """How to clip one layer type's per-sample gradients; ``State`` is what ``prepare`` keeps
+    for the other two methods (each strategy has its own)."""
+
+    def prepare(self, module: nn.Module, trace: LayerTrace) -> State:
         """Do the work shared by the two methods below (for example per-sample gradients)."""
 
-    def squared_norms(self, prepared: object) -> torch.Tensor:
+    def squared_norms(self, prepared: State) -> torch.Tensor:
         """Per-sample squared norm of the gradient of the layer's own parameters, shape [B]."""
 
-    def weighted_sum(self, prepared: object, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    def weighted_sum(self, prepared: State, weights: torch.Tensor) -> dict[str, torch.Tensor]:
         """``sum_i weights[i] * grad_i`` for each of the layer's own parameters, by name."""
 
 
-_REGISTRY: dict[type[nn.Module], ClippingStrategy] = {}
+# Strategies of different layer types keep different states: Any stands for "its own".
+_REGISTRY: dict[type[nn.Module], ClippingStrategy[Any]] = {}
 
 
 def register_clipping(*layer_types: type[nn.Module]) -> Callable[[type], type]:
@@ -94,13 +99,18 @@ class GenericStrategy:
             p: dict[str, torch.Tensor], inputs: tuple[torch.Tensor, ...], backprop: torch.Tensor
         ) -> torch.Tensor:
             batched = tuple(x.unsqueeze(0) for x in inputs)
-            out = functional_call(module, p, batched)
+            # functional_call returns what the layer's forward does: a tensor, for these layers
+            out: torch.Tensor = functional_call(module, p, batched)
             return (out * backprop.unsqueeze(0)).sum()
 
-        return vmap(grad(contribution), in_dims=(None, 0, 0))(params, trace.inputs, trace.backprops)
+        # torch.func is untyped; grad over a dict of parameters gives a dict by the same names
+        grads: dict[str, torch.Tensor] = vmap(grad(contribution), in_dims=(None, 0, 0))(
+            params, trace.inputs, trace.backprops
+        )
+        return grads
 
     def squared_norms(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(g.flatten(1).pow(2).sum(1) for g in prepared.values())
+        return sum((g.flatten(1).pow(2).sum(1) for g in prepared.values()), torch.zeros(()))
 
     def weighted_sum(
         self, prepared: dict[str, torch.Tensor], weights: torch.Tensor
@@ -115,7 +125,7 @@ def has_fast_strategy(module: nn.Module) -> bool:
     return type(module) in _REGISTRY
 
 
-def strategy_for(module: nn.Module, clipping: Clipping = "auto") -> ClippingStrategy:
+def strategy_for(module: nn.Module, clipping: Clipping = "auto") -> ClippingStrategy[Any]:
     """``auto``: the registered strategy, else the generic one; ``fast``: the registered one
     (the caller has checked it exists); ``generic``: always ``torch.func``."""
     if clipping == "generic":

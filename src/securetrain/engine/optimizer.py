@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
 from securetrain.engine.clipping import (
     CLIPPING_CHOICES,
@@ -227,10 +228,11 @@ class DPOptimizer:
                 f"{type(loss).__name__} of shape {tuple(getattr(loss, 'shape', ()))}."
             )
         outputs = self.tracer.awaiting_gradients()
-        params = [] if self._verified else [p for p in self._params.values()]
+        params = [] if self._verified else list(self._params.values())
         if not outputs and not params:
             return
-        grads = torch.autograd.grad(loss, [*outputs, *params], allow_unused=True)
+        edges = [*outputs, *(get_gradient_edge(p) for p in params)]
+        grads = torch.autograd.grad(loss, edges, allow_unused=True)
         for p, g in zip(params, grads[len(outputs) :], strict=True):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
