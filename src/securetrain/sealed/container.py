@@ -62,11 +62,14 @@ def _ipc_bytes(batch: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_table(batch)
-    return sink.getvalue().to_pybytes()
+    # pyarrow has no type stubs; Buffer.to_pybytes returns bytes
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 def _schema_bytes(schema: pa.Schema) -> bytes:
-    return schema.serialize().to_pybytes()
+    data: bytes = schema.serialize().to_pybytes()  # untyped pyarrow: to_pybytes gives bytes
+    return data
 
 
 def is_sealed(path: str | Path) -> bool:
