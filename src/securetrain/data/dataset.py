@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 
 from securetrain.data.identity import DataIdentity, commit, public_identity
 from securetrain.errors import DataError
+
+Transform = Literal["linear", "log"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Schema:
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
     categories: dict[str, list[str]] = field(default_factory=dict)
     classes: list[str] | None = None
-    transforms: dict[str, str] = field(default_factory=dict)
+    transforms: dict[str, Transform] = field(default_factory=dict)
     identifiers: list[str] = field(default_factory=list)
 
     @classmethod
@@ -44,7 +46,7 @@ class Schema:
             raise DataError(f"{origin} must be a JSON object. Found {type(data).__name__}.")
         bounds: dict[str, tuple[float, float]] = {}
         categories: dict[str, list[str]] = {}
-        transforms: dict[str, str] = {}
+        transforms: dict[str, Transform] = {}
         identifiers: list[str] = []
         for name, spec in (data.get("columns") or {}).items():
             if not isinstance(spec, dict):

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from securetrain.crypto.keystream import Keystream, check_keystream
-from securetrain.data.dataset import TabularData
+from securetrain.data.dataset import TabularData, Transform
 from securetrain.data.values import numbers, text, texts
 from securetrain.errors import DataError
 from securetrain.privacy import releases
@@ -216,7 +216,7 @@ def _fit_categories(
     return selected, classes, threshold, used_selection_delta
 
 
-def _bounds_scaling(bounds: Bounds, transforms: dict[str, str]) -> Bounds:
+def _bounds_scaling(bounds: Bounds, transforms: dict[str, Transform]) -> Bounds:
     """Each column's center and half-width of its bounds, after its transform."""
     out = {}
     for n, (lower, upper) in bounds.items():
@@ -228,7 +228,7 @@ def _bounds_scaling(bounds: Bounds, transforms: dict[str, str]) -> Bounds:
 def _fit_scaling(
     numeric: Arrays,
     bounds: Bounds,
-    transforms: dict[str, str],
+    transforms: dict[str, Transform],
     noisy_train: float,
     sigma: float,
     rng: Keystream,
@@ -261,7 +261,7 @@ def _columns(
     data: TabularData,
     kinds: Kinds,
     bounds: Bounds,
-    transforms: dict[str, str],
+    transforms: dict[str, Transform],
     scaling: Bounds,
     selected: dict[str, list[str]],
     scaling_source: Literal["dp", "bounds"],
