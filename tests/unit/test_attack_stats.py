@@ -176,3 +176,18 @@ def test_an_incomplete_dp_sgd_card_is_refused_by_name_not_crashed_on() -> None:
     card = SimpleNamespace(privacy=PrivacySection(**{**fields, "sample_rate": None}))
     with pytest.raises(DataError, match=r"incomplete\. Found sample_rate=None, noise"):
         _dp_plan(card)
+
+
+def test_a_card_without_a_held_out_split_is_refused_by_name(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from securetrain.attacks import privacy_audit
+    from securetrain.bundle.card import SplitSection
+    from securetrain.errors import DataError
+
+    monkeypatch.setattr(privacy_audit, "check_identity", lambda *args, **kwargs: None)
+    card = SimpleNamespace(
+        data=SimpleNamespace(identity=None, screening=None, split=SplitSection(method="none"))
+    )
+    with pytest.raises(DataError, match=r"no held-out split to audit against\. Found method"):
+        privacy_audit._membership(card, None, None)

@@ -58,6 +58,10 @@ def _membership(
         flagged = screen(data).flagged_rows
         data = data.take(np.setdiff1d(np.arange(data.n_rows), flagged))
     split = card.data.split
+    if split.seed is None or split.test_fraction is None:
+        raise DataError(
+            f"The card records no held-out split to audit against. Found method {split.method!r}."
+        )
     test = split_mask(data, seed=split.seed, test_fraction=split.test_fraction)
     pre = card.model.preprocessing
     x = pre.transform(data.features)
