@@ -19,12 +19,14 @@ from typing import Any
 import numpy as np
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
-from flwr.common import ConfigRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import ConfigRecord, Context, Message, MessageType, NDArrays, Scalar
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
+from securetrain.bundle.card import Architecture
 from securetrain.crypto.keystream import make_keystream
 from securetrain.data import TabularData
 from securetrain.data.preprocess import declared_preprocessor
@@ -84,6 +86,13 @@ class _SiteData:
         self.x, self.y = x[known], y[known]
 
 
+def _stored_number(record: ConfigRecord, key: str) -> float:
+    value = record[key]
+    if not isinstance(value, int | float):
+        raise ConfigError(f"The site's state holds a non-number {key}. Found {value!r}.")
+    return float(value)
+
+
 class DeployedSite(NumPyClient):
     """A site in a deployment: its plan and ledger charge are made once, in the first round,
     and kept in the run's context state for the later rounds. It counts the rounds itself and
@@ -97,7 +106,7 @@ class DeployedSite(NumPyClient):
     def site(self) -> _SiteData:
         return _SiteData(self.context.node_config)
 
-    def _arch(self):  # type: ignore[no-untyped-def]
+    def _arch(self) -> Architecture:
         return architecture_for(
             self.settings.model,
             n_features=self.site.pre.n_features,
@@ -105,7 +114,7 @@ class DeployedSite(NumPyClient):
             image_shape=None,
         )
 
-    def get_parameters(self, config):  # type: ignore[no-untyped-def]
+    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return get_weights(build_model(self._arch()))
 
     def _plan(self) -> tuple[Site, str]:
@@ -120,7 +129,7 @@ class DeployedSite(NumPyClient):
             self.settings,
             batch_size=self.settings.batch_size,
             rng=make_keystream(),
-            n_noisy=None if state is None else float(state["n_noisy"]),
+            n_noisy=None if state is None else _stored_number(state, "n_noisy"),
         )
         if state is not None:
             return site, str(state["run_id"])
@@ -140,7 +149,9 @@ class DeployedSite(NumPyClient):
         )
         return site, run_id
 
-    def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+    def fit(
+        self, parameters: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[NDArrays, int, dict[str, Scalar]]:
         round_number = admit_round(
             self.context, self.settings.site_settings(), self.settings.rounds
         )
@@ -182,7 +193,7 @@ class DeployedSite(NumPyClient):
         return weights, SITE_WEIGHT, {REPORT: json.dumps(report)}
 
 
-def _secagg_when_asked(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+def _secagg_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Run the SecAgg+ protocol for runs whose settings ask for it, plain fit otherwise. After
     the site's last message of the run (its last fit, or with SecAgg+ the unmasking after it),
     tell the local ``securetrain federated site`` process through its done file."""
@@ -207,7 +218,7 @@ server_app = ServerApp()
 
 
 @server_app.main()
-def _server_main(grid, context):  # type: ignore[no-untyped-def]
+def _server_main(grid: Grid, context: Context) -> None:
     config = settings_from(context.run_config)
     result = Path(str(context.run_config[RESULT_DIR]))
     if not result.is_dir():
