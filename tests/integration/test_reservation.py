@@ -198,16 +198,16 @@ def test_a_sealed_file_that_no_longer_verifies_releases_its_reservation(tmp_path
     keys = resolve_keys(config)
     header = verify_sealed(sealed, paths.public_key).header
     source = parse_sealed(config.data)
-    run_id = reserve_sealed(config, keys, source)
+    store = Store(config.store)
+    run_id = reserve_sealed(config, keys, source, store=store)
     chunk = max((p for p in sealed.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     blob = bytearray(chunk.read_bytes())
     blob[-1] ^= 1
     chunk.write_bytes(bytes(blob))
     with pytest.raises(SecurityError):
-        train_reserved(config, keys, source, run_id, None)
-    store = Store(config.store)
+        train_reserved(config, keys, source, run_id, None, store=store)
     assert ledger.get_run(store, run_id).state == "released"
     assert ledger.status(store, header.dataset_id).runs == []
     with pytest.raises(ConfigError, match="only a reserved run"):
-        train_reserved(config, keys, source, run_id, None)
+        train_reserved(config, keys, source, run_id, None, store=store)
     assert not (tmp_path / "b").exists()

@@ -209,7 +209,8 @@ def submit(store: Store, settings: ServiceSettings, user: User, req: JobRequest)
             _check_daily_limit(conn, ds, user)
         config = train_config(settings, ds, job_id, req)
         with acting_as(user.name):
-            run_id = reserve_sealed(config, resolve_keys(config), parse_sealed(config.data))
+            source = parse_sealed(config.data)
+            run_id = reserve_sealed(config, resolve_keys(config), source, store=store)
         epsilon = req.epsilon
     else:
         if req.train_job is None:

@@ -124,9 +124,11 @@ def _complete(store: Store, run_id: str, result: TrainResult) -> TrainResult:
     return result
 
 
-def reserve_sealed(config: TrainConfig, keys: ResolvedKeys, source: SealedSource) -> str:
+def reserve_sealed(
+    config: TrainConfig, keys: ResolvedKeys, source: SealedSource, *, store: Store
+) -> str:
     """Verify the sealed dataset and the key, plan the run's privacy loss from the header alone
-    and reserve it in the ledger (no decryption); returns the run id."""
+    and reserve it in ``store``'s ledger (no decryption); returns the run id."""
     if config.no_dp:
         raise ConfigError(
             "`no_dp` cannot be charged to a sealed dataset's privacy budget; unseal it explicitly for a baseline."
@@ -137,7 +139,7 @@ def reserve_sealed(config: TrainConfig, keys: ResolvedKeys, source: SealedSource
     mechanism = plan_privacy(config, verified.header)
     assert config.epsilon is not None
     return ledger.reserve(
-        Store(config.store),
+        store,
         dataset_id=verified.header.dataset_id,
         manifest_digest=verified.manifest_digest,
         name=source.path.name,
@@ -175,11 +177,13 @@ def train_reserved(
     source: SealedSource,
     run_id: str,
     progress: ProgressCallback | None,
+    *,
+    store: Store,
 ) -> TrainResult:
-    """Train under an existing reservation: decrypt in memory, train with exactly the reserved
-    mechanism, record what ran. A run stopped before decryption (a sealed file that no longer
-    verifies, say) releases its reservation; once decryption has begun (even if the table then fails to parse), the charge stays."""
-    store = Store(config.store)
+    """Train under an existing reservation in ``store``: decrypt in memory, train with exactly
+    the reserved mechanism, record what ran. A run stopped before decryption (a sealed file that
+    no longer verifies, say) releases its reservation; once decryption has begun (even if the
+    table then fails to parse), the charge stays."""
     run = ledger.get_run(store, run_id)
     if run.state != "reserved":
         raise ConfigError(f"Run {run_id} is {run.state}; only a reserved run can start training.")
@@ -221,10 +225,11 @@ def train_sealed(
     on_run: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Verify, reserve the planned privacy loss in the ledger, and only then decrypt and train."""
-    run_id = reserve_sealed(config, keys, source)
-    if on_run is not None:
-        on_run(run_id)
-    return train_reserved(config, keys, source, run_id, progress)
+    with Store(config.store) as store:
+        run_id = reserve_sealed(config, keys, source, store=store)
+        if on_run is not None:
+            on_run(run_id)
+        return train_reserved(config, keys, source, run_id, progress, store=store)
 
 
 RESUMABLE = ("running", "failed")
