@@ -80,4 +80,5 @@ def audit(
     action: str, obj: str, details: dict[str, object] | None = None, *, store: str | None = None
 ) -> None:
     """Append an entry to the audit log of the given (or default) store."""
-    record(Store(store), action, obj, details)
+    with Store(store) as s:
+        record(s, action, obj, details)

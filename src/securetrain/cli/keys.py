@@ -10,16 +10,12 @@ import typer
 from rich.markup import escape
 
 from securetrain.cli.common import audit, console
-from securetrain.crypto import (
-    KeySetPaths,
-    fingerprint,
-    generate_keyset,
-    load_public_key,
-    passphrase_from_env,
-)
+from securetrain.crypto import KeySetPaths, fingerprint, load_public_key, passphrase_from_env
 from securetrain.crypto.keys import encryption_fingerprint, load_encryption_public_key
 from securetrain.errors import UserError
 from securetrain.outputs import write_path_atomic
+from securetrain.store import Store
+from securetrain.train import audited_keyset
 
 keys_app = typer.Typer(help="Create and manage key sets.", no_args_is_help=True)
 
@@ -42,9 +38,9 @@ def keys_new(
         secret = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=True)
     if secret is not None and len(secret) < 8:
         raise UserError(f"The passphrase must have at least 8 characters. Found {len(secret)}.")
-    paths = generate_keyset(out, secret)
+    with Store() as store:
+        paths = audited_keyset(store, out, secret)
     fp = fingerprint(load_public_key(paths.public_key))
-    audit("keys.created", str(out), {"fingerprint": fp, "passphrase": secret is not None})
     console.print(
         f"master key:   {escape(str(paths.master))} ({'passphrase-wrapped' if secret else 'raw'}, 0600)"
     )

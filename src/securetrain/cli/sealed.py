@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import pyarrow.parquet as pq
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -21,9 +20,10 @@ from securetrain.crypto import (
 )
 from securetrain.data import Schema, load_table
 from securetrain.errors import DataError
-from securetrain.outputs import check_new_file, write_path_atomic
 from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
-from securetrain.sealed import is_sealed, open_sealed, read_header, seal_table, verify_sealed
+from securetrain.sealed import is_sealed, read_header
+from securetrain.store import Store
+from securetrain.train import audited_seal, audited_unseal, audited_verify
 
 KeyOption = Annotated[
     Path, typer.Option("--key", help="Key set directory (from `securetrain keys new`).")
@@ -54,29 +54,19 @@ def seal_command(
     passphrase = passphrase_from_env(passphrase_env)
     declared = Schema.load(schema).to_json() if schema else None
     table = load_table(data)
-    paths = KeySetPaths(key)
-    header = seal_table(
-        table,
-        out,
-        keys=None if recipient else provider_for_keydir(key, passphrase),
-        recipient=recipient,
-        signing_key=paths.signing_key,
-        signing_passphrase=passphrase,
-        label=label,
-        source_name=data.name,
-        declared_schema=declared,
-    )
-    audit(
-        "dataset.sealed",
-        str(out),
-        {
-            "dataset_id": header.dataset_id,
-            "rows": header.rows,
-            "chunks": header.chunks,
-            "signer": header.doc["signer"],
-            "recipient": header.recipient,
-        },
-    )
+    with Store() as store:
+        header = audited_seal(
+            store,
+            table,
+            out,
+            keys=None if recipient else provider_for_keydir(key, passphrase),
+            recipient=recipient,
+            signing_key=KeySetPaths(key).signing_key,
+            signing_passphrase=passphrase,
+            label=label,
+            source_name=data.name,
+            declared_schema=declared,
+        )
     console.print(
         f"sealed {header.rows} rows in {header.chunks} chunk(s) into {escape(str(out))}\n"
         f"dataset id {header.dataset_id}, signed by {header.doc['signer']}"
@@ -118,9 +108,9 @@ def verify_command(
 ) -> None:
     """Check a sealed dataset's or a bundle's signature over every file; exit 0 only if all pass."""
     if is_sealed(path):
-        verified = verify_sealed(path, public_key)
+        with Store() as store:
+            verified = audited_verify(store, path, public_key)
         header, digest = verified.header, verified.manifest_digest
-        audit("dataset.verified", str(path), {"dataset_id": header.dataset_id, "manifest": digest})
         console.print(
             f"[green]verified[/green] sealed dataset {escape(str(path))}: {header.rows} rows, "
             f"{header.chunks} chunk(s), manifest {digest}"
@@ -148,12 +138,9 @@ def unseal_command(
     passphrase_env: PassphraseOption = None,
 ) -> None:
     """Decrypt a sealed dataset to a Parquet file: plaintext on disk, for the data owner only."""
-    check_new_file(out)
-    passphrase = passphrase_from_env(passphrase_env)
-    verified = verify_sealed(path, public_key or KeySetPaths(key).public_key)
-    table = open_sealed(verified, keys=provider_for_keydir(key, passphrase))
-    write_path_atomic(out, lambda tmp: pq.write_table(table, tmp))
-    audit(
-        "dataset.unsealed", str(path), {"out": str(out), "dataset_id": verified.header.dataset_id}
-    )
-    console.print(f"wrote {table.num_rows} rows to {escape(str(out))} (plaintext)")
+    keys = provider_for_keydir(key, passphrase_from_env(passphrase_env))
+    with Store() as store:
+        rows = audited_unseal(
+            store, path, out, keys=keys, public_key=public_key or KeySetPaths(key).public_key
+        )
+    console.print(f"wrote {rows} rows to {escape(str(out))} (plaintext)")

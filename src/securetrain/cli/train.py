@@ -13,13 +13,13 @@ from securetrain.cli.common import (
     KeySetOption,
     PassphraseOption,
     StoreOption,
-    audit,
     console,
     err_console,
     training_progress,
 )
 from securetrain.screening import describe_counts
-from securetrain.train import NO_DP_WARNING, TrainConfig, TrainResult, train
+from securetrain.store import Store
+from securetrain.train import NO_DP_WARNING, TrainConfig, TrainResult, audited_bundle, train
 
 
 def _features(value: str | None) -> list[str] | None:
@@ -161,16 +161,8 @@ def train_command(
             f"[yellow]warning: dropped column {escape(repr(name))}, declared an identifier "
             "(use --keep-identifiers)[/yellow]"
         )
-    audit(
-        "run.bundle_written",
-        str(result.bundle),
-        {
-            "run_id": result.run_id,
-            "signed_by": result.card.signing.signer if result.card.signing else None,
-            "epsilon": result.card.privacy.epsilon,
-        },
-        store=store,
-    )
+    with Store(store) as opened:
+        audited_bundle(opened, result)
     if result.card.signing is None:
         err_console.print(
             "[yellow]warning: the bundle is not signed (give --key or --sign-key)[/yellow]"

@@ -111,7 +111,13 @@ def run(
     """Run a claimed job to its end state; once ``stop`` is set, a running job fails at its
     next step (:class:`Interrupted`, its charge kept)."""
     from securetrain.attacks.privacy_audit import run_privacy_audit, write_attack_report
-    from securetrain.train import load_data, parse_sealed, resolve_keys, train_reserved
+    from securetrain.train import (
+        audited_bundle,
+        load_data,
+        parse_sealed,
+        resolve_keys,
+        train_reserved,
+    )
 
     recorder = _Recorder(store, job.id, stop)
     req = JobRequest.model_validate(job.params)
@@ -134,9 +140,9 @@ def run(
             if job.kind == "train":
                 assert job.run_id is not None
                 recorder.log(f"training on {ds.name} at ε = {job.epsilon}")
-                result = train_reserved(
-                    config, keys, parse_sealed(config.data), job.run_id, progress
-                )
+                source = parse_sealed(config.data)
+                result = train_reserved(config, keys, source, job.run_id, progress, store=store)
+                audited_bundle(store, result)
                 recorder.log(f"bundle written and signed; ε = {result.card.privacy.epsilon:.4f}")
             else:
                 assert job.parent is not None

@@ -1,5 +1,12 @@
 """The training pipeline and built-in models."""
 
+from securetrain.train.audited import (
+    audited_bundle,
+    audited_keyset,
+    audited_seal,
+    audited_unseal,
+    audited_verify,
+)
 from securetrain.train.card import NO_DP_WARNING, TrainResult, signing_section
 from securetrain.train.config import Hyperparameters, KeySettings, TrainConfig
 from securetrain.train.loop import ProgressCallback, StepInfo, fit
@@ -40,6 +47,11 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "architecture_for",
+    "audited_bundle",
+    "audited_keyset",
+    "audited_seal",
+    "audited_unseal",
+    "audited_verify",
     "build_model",
     "check_signature",
     "dp_metrics",
