@@ -190,5 +190,7 @@ def list_users_command(store: StoreOption = None) -> None:
     from securetrain.service.auth import list_users
     from securetrain.store import Store
 
-    for u in list_users(Store(store)):
+    with Store(store) as s:
+        found = list_users(s)
+    for u in found:
         console.print(f"{u['name']:<24} {u['role']:<8} {'disabled' if u['disabled'] else 'active'}")
