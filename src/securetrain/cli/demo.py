@@ -79,9 +79,7 @@ def _screen(run_dir: Path, opened: TabularData) -> None:
     )
 
 
-def _train_both(
-    run_dir: Path, keys: KeySetPaths, sealed: Path
-) -> tuple[TrainResult, TrainResult]:
+def _train_both(run_dir: Path, keys: KeySetPaths, sealed: Path) -> tuple[TrainResult, TrainResult]:
     """The private model from the sealed data, and the baseline on the same records and split."""
     split_seed = secrets.token_hex(16)
     with training_progress("DP-SGD") as update:
@@ -163,24 +161,24 @@ def demo_command(
     sealed, header = _seal(run_dir, keys)
     opened = load_data(TrainConfig(data=str(sealed), key_dir=keys.root))
     _screen(run_dir, opened)
-    store = Store()
-    ledger.set_budget(
-        store,
-        dataset_id=header.dataset_id,
-        manifest_digest=signed_manifest_digest(sealed, SIGNATURE),
-        name=sealed.name,
-        epsilon=DEMO_BUDGET,
-        delta=1e-5,
-    )
-    say(
-        f"4. privacy budget of the dataset: ε = {DEMO_BUDGET:g} in the ledger ({escape(store.url)})"
-    )
+    with Store() as store:
+        ledger.set_budget(
+            store,
+            dataset_id=header.dataset_id,
+            manifest_digest=signed_manifest_digest(sealed, SIGNATURE),
+            name=sealed.name,
+            epsilon=DEMO_BUDGET,
+            delta=1e-5,
+        )
+        say(
+            f"4. privacy budget of the dataset: ε = {DEMO_BUDGET:g} in the ledger ({escape(store.url)})"
+        )
 
-    private, baseline = _train_both(run_dir, keys, sealed)
-    verify_bundle(private.bundle, keys.public_key)
-    verify_bundle(baseline.bundle, keys.public_key)
-    say("6. both bundles are signed (OpenSSF model-signing) and verify")
-    budget = ledger.status(store, header.dataset_id)
+        private, baseline = _train_both(run_dir, keys, sealed)
+        verify_bundle(private.bundle, keys.public_key)
+        verify_bundle(baseline.bundle, keys.public_key)
+        say("6. both bundles are signed (OpenSSF model-signing) and verify")
+        budget = ledger.status(store, header.dataset_id)
     say(
         f"7. budget: spent ε = {budget.spent:.3f} of {budget.epsilon_budget:g}, "
         f"remaining {budget.remaining:.3f} (PLD composition over runs)"

@@ -238,7 +238,8 @@ RESUMABLE = ("running", "failed")
 def resumed_config(config: TrainConfig) -> TrainConfig:
     """The crashed run's own configuration, with this invocation's keys, store and output."""
     assert config.resume is not None
-    run = ledger.get_run(Store(config.store), config.resume)
+    with Store(config.store) as store:
+        run = ledger.get_run(store, config.resume)
     if run.state not in RESUMABLE:
         raise ConfigError(
             f"Run {config.resume} is {run.state}; only a running or failed run can be resumed."
@@ -263,24 +264,24 @@ def resume_sealed(
     """Continue a crashed run from its last encrypted checkpoint, under the same reservation."""
     assert config.resume is not None
     run_id = config.resume
-    store = Store(config.store)
-    verified = reserved_dataset(source, keys, store, run_id)
-    assert keys.provider is not None
-    plan_json, state = load_checkpoint(keys.provider.master_key(), run_id)
-    plan = RunPlan.model_validate(plan_json)
-    try:
-        data = open_verified(config, keys, verified)
-        ledger.transition(store, run_id, "running", details={"resumed_from_step": state.step})
-        result = train_loaded(
-            config,
-            data,
-            keys,
-            progress,
-            plan=plan,
-            resume=state,
-            on_checkpoint=_checkpointer(config, keys, run_id),
-        )
-    except BaseException as exc:
-        ledger.transition(store, run_id, "failed", details={"error": type(exc).__name__})
-        raise
-    return _complete(store, run_id, result)
+    with Store(config.store) as store:
+        verified = reserved_dataset(source, keys, store, run_id)
+        assert keys.provider is not None
+        plan_json, state = load_checkpoint(keys.provider.master_key(), run_id)
+        plan = RunPlan.model_validate(plan_json)
+        try:
+            data = open_verified(config, keys, verified)
+            ledger.transition(store, run_id, "running", details={"resumed_from_step": state.step})
+            result = train_loaded(
+                config,
+                data,
+                keys,
+                progress,
+                plan=plan,
+                resume=state,
+                on_checkpoint=_checkpointer(config, keys, run_id),
+            )
+        except BaseException as exc:
+            ledger.transition(store, run_id, "failed", details={"error": type(exc).__name__})
+            raise
+        return _complete(store, run_id, result)
