@@ -76,3 +76,25 @@ def test_the_cli_names_its_flags_for_the_same_error(tmp_path, monkeypatch, capsy
         "error: --no-dp trains without privacy; do not also give --epsilon."
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "flagged"),
+    [
+        ({"secagg": True, "aggregator": "median"}, "--secagg hides each site's update"),
+        ({"attack": "sign-flip"}, "--attack sign-flip needs --malicious K with K >= 1."),
+        ({"sites": 1}, "Federated training needs at least 2 sites. Found 1."),
+    ],
+)
+def test_a_federated_setting_is_checked_when_built_and_names_its_settings(
+    settings, flagged
+) -> None:
+    from securetrain.federated.config import FederatedConfig
+
+    with pytest.raises(ConfigError) as refused:
+        FederatedConfig(data="builtin:breast-cancer", **settings)
+    assert "--" not in str(refused.value)
+    assert flagged in with_flags(str(refused.value))
+    valid = FederatedConfig(data="builtin:breast-cancer")
+    with pytest.raises(ConfigError):
+        FederatedConfig.model_validate({**valid.model_dump(), **settings})

@@ -26,30 +26,51 @@ BLOCKER = textwrap.dedent(
 def _run(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-def test_the_core_packages_and_the_cli_import_without_the_extras() -> None:
+def test_the_core_packages_and_the_cli_import_without_the_extras_or_environment_changes() -> None:
     result = _run(
         """
+        import os
+        # Third-party libraries may set their own variables when imported (torch's OpenMP
+        # settings); what is checked is that securetrain's own modules set none.
+        import numpy, pyarrow, scipy, sklearn, sqlalchemy, torch
+        before = dict(os.environ)
         import securetrain.attacks, securetrain.bundle, securetrain.cli.app, securetrain.crypto
         import securetrain.data, securetrain.engine, securetrain.privacy, securetrain.screening
         import securetrain.sealed, securetrain.store, securetrain.train
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         print("loaded:", loaded)
+        print("environment changed:", sorted(set(os.environ.items()) ^ set(before.items())))
         """
     )
     assert result.returncode == 0, result.stderr
     assert "loaded: []" in result.stdout
+    assert "environment changed: []" in result.stdout
 
 
 @pytest.mark.parametrize(
     ("argv", "extra", "module"),
     [
         (["users", "list", "--store", "sqlite:///{tmp}/store.db"], "service", "argon2"),
-        (["federated", "simulate", "--data", "builtin:breast-cancer", "--out", "{tmp}/b"],
-         "federated", "flwr"),
+        (
+            [
+                "federated",
+                "simulate",
+                "--data",
+                "builtin:breast-cancer",
+                "--epsilon",
+                "1",
+                "--out",
+                "{tmp}/b",
+            ],
+            "federated",
+            "flwr",
+        ),
     ],
 )
 def test_a_command_needing_an_extra_names_it(tmp_path, argv, extra, module) -> None:

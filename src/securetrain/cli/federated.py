@@ -116,7 +116,6 @@ def simulate_command(
     from securetrain.federated.simulate import simulate
 
     config = _config(locals())
-    config.validate_choices()
     if seed is not None:
         err_console.print(
             "[yellow]warning: --seed makes noise predictable (secure_rng=false on the card)[/yellow]"

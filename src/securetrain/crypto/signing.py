@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,8 +18,6 @@ from securetrain.errors import DataError, DecryptionError, IntegrityError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
     from model_signing import hashing
-
-os.environ.setdefault("SIGSTORE_NO_TELEMETRY", "1")
 
 
 def _hashing_config(signature_name: str) -> hashing.Config:

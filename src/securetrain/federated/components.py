@@ -55,7 +55,6 @@ def settings_from(run_config: dict[str, Any]) -> FederatedConfig:
         raise ConfigError(
             f"The server sent settings this site cannot read: {' '.join(str(exc).split())[:300]}"
         ) from None
-    config.validate_choices()
     return config
 
 

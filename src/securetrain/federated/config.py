@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from securetrain.errors import ConfigError
 
@@ -104,7 +104,16 @@ class FederatedConfig(BaseModel):
         match = re.fullmatch(r"dirichlet:([0-9.]+)", self.partition)
         return float(match.group(1)) if match else None
 
-    def validate_choices(self) -> None:
+    @model_validator(mode="after")
+    def _checked(self) -> FederatedConfig:
+        """Every value and combination checked when the setting is built (or copied through
+        ``model_validate``), with a one-line error naming the setting."""
+        self._check_ranges()
+        self._check_combinations()
+        self._check_privacy()
+        return self
+
+    def _check_ranges(self) -> None:
         if self.sites < 2:
             raise ConfigError(f"Federated training needs at least 2 sites. Found {self.sites}.")
         if self.sites > MAX_SITES:
@@ -123,7 +132,7 @@ class FederatedConfig(BaseModel):
         if self.client_dp == "adaptive":
             raise ConfigError(
                 "Adaptive client clipping is not offered: each update of its clipping bound is a "
-                "release of its own that is not accounted; use --client-dp fixed."
+                "release of its own that is not accounted; use `client_dp` fixed."
             )
         if self.partition != "iid":
             alpha = self.dirichlet_alpha
@@ -131,6 +140,8 @@ class FederatedConfig(BaseModel):
                 raise ConfigError(
                     f"Partition must be iid or dirichlet:ALPHA with ALPHA > 0. Found {self.partition!r}."
                 )
+
+    def _check_combinations(self) -> None:
         for name, choice, choices in (
             ("Aggregator", self.aggregator, AGGREGATORS),
             ("Attack", self.attack, ATTACKS),
@@ -140,31 +151,33 @@ class FederatedConfig(BaseModel):
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}. Found {choice!r}.")
         if self.secagg and self.aggregator in ROBUST:
             raise ConfigError(
-                f"--secagg hides each site's update from the server, and --aggregator "
+                f"`secagg` hides each site's update from the server, and `aggregator` "
                 f"{self.aggregator} needs to see them: they cannot be combined."
             )
         if self.secagg and self.client_dp != "none":
             raise ConfigError(
-                "Client-level DP by server-side clipping needs each site's update, which --secagg "
+                "Client-level DP by server-side clipping needs each site's update, which `secagg` "
                 "hides from the server: they cannot be combined."
             )
         if self.client_dp != "none" and self.aggregation != "fedavg":
             raise ConfigError(
-                f"Client-level DP works with --aggregator fedavg. Found {self.aggregator!r}."
+                f"Client-level DP works with `aggregator` fedavg. Found {self.aggregator!r}."
             )
         if not 0 <= self.malicious < self.sites:
             raise ConfigError(
                 f"Malicious sites must be between 0 and {self.sites - 1}. Found {self.malicious}."
             )
         if self.attack == "none" and self.malicious:
-            raise ConfigError("--malicious needs an --attack (label-flip, sign-flip or scaling).")
+            raise ConfigError("`malicious` needs an `attack` (label-flip, sign-flip or scaling).")
         if self.attack != "none" and not self.malicious:
-            raise ConfigError(f"--attack {self.attack} needs --malicious K with K >= 1.")
+            raise ConfigError(f"`attack` {self.attack} needs `malicious` K with K >= 1.")
         if self.aggregation == "krum" and self.sites < 2 * self.malicious + 3:
             raise ConfigError(
                 f"Krum tolerates K malicious sites only with at least 2K + 3 sites. Found "
                 f"{self.sites} sites and K = {self.malicious}."
             )
+
+    def _check_privacy(self) -> None:
         if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
             raise ConfigError(f"Epsilon must be a positive finite number. Found {self.epsilon}.")
         if not 0 < self.delta < 1:
@@ -172,7 +185,7 @@ class FederatedConfig(BaseModel):
         if self.client_noise < 0 or not math.isfinite(self.client_noise):
             raise ConfigError(f"Client noise must be >= 0. Found {self.client_noise}.")
         if self.client_dp != "none" and self.client_noise == 0:
-            raise ConfigError("Client-level DP needs --client-noise > 0.")
+            raise ConfigError("Client-level DP needs `client_noise` > 0.")
         if self.site_budget is not None and not (
             self.site_budget > 0 and math.isfinite(self.site_budget)
         ):

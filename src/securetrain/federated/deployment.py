@@ -109,8 +109,7 @@ def _checked_setting(
     config: FederatedConfig, files: ServerFiles, site_keys: list[Path]
 ) -> tuple[FederatedConfig, ServerFiles]:
     """The run's setting for these sites and the server's files, checked before anything starts."""
-    config = config.model_copy(update={"sites": len(site_keys)})
-    config.validate_choices()
+    config = FederatedConfig.model_validate({**config.model_dump(), "sites": len(site_keys)})
     if config.attack != "none":
         raise ConfigError("Attacks are simulated only: use `securetrain federated simulate`.")
     assert config.out is not None

@@ -204,7 +204,6 @@ def _reserve(
 def simulate(config: FederatedConfig) -> FederatedResult:
     """Train across simulated sites. On a sealed dataset: verify, reserve on its budget, and
     only then decrypt (in memory); a run that fails after decryption keeps its charge."""
-    config.validate_choices()
     assert config.out is not None
     check_new_dir(config.out)
     train_config = TrainConfig(
