@@ -53,10 +53,22 @@ def compile_lock(names: set[str], out: Path) -> None:
         pins.write_text("".join(f"{n}=={installed[n]}\n" for n in sorted(names)))
         subprocess.run(
             [
-                "uv", "pip", "compile", str(pins), "--no-deps", "--generate-hashes",
-                "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
-                "--index-url", "https://pypi.org/simple", "--native-tls",
-                "--no-header", "--no-annotate", "--quiet", "-o", str(out),
+                "uv",
+                "pip",
+                "compile",
+                str(pins),
+                "--no-deps",
+                "--generate-hashes",
+                "--python-version",
+                f"{sys.version_info.major}.{sys.version_info.minor}",
+                "--index-url",
+                "https://pypi.org/simple",
+                "--native-tls",
+                "--no-header",
+                "--no-annotate",
+                "--quiet",
+                "-o",
+                str(out),
             ],
             check=True,
         )

@@ -50,7 +50,9 @@ def breast_cancer_bundle(tmp_path_factory, keys: Path) -> Path:
     )
     assert result.returncode == 0, result.stderr
     assert "ε = " in result.stdout
-    exact = re.search(r"held-out, exact \(not on the card\): accuracy ([0-9.]+), AUC ([0-9.]+)", result.stdout)
+    exact = re.search(
+        r"held-out, exact \(not on the card\): accuracy ([0-9.]+), AUC ([0-9.]+)", result.stdout
+    )
     assert exact and float(exact[2]) > 0.9, result.stdout
     assert "on the card, DP-noised: accuracy" in result.stdout
     return out

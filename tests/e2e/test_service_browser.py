@@ -133,7 +133,9 @@ def _browser(downloads: Path) -> webdriver.Chrome:
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
-def test_analyst_trains_and_downloads_and_the_owner_audits_in_the_browser(served, tmp_path: Path) -> None:
+def test_analyst_trains_and_downloads_and_the_owner_audits_in_the_browser(
+    served, tmp_path: Path
+) -> None:
     world, base = served
     login = lambda name: _call(  # noqa: E731
         base, "POST", "/api/v1/auth/login", body={"name": name, "password": PASSWORD}

@@ -49,7 +49,9 @@ def test_reserved_events_compose_to_at_least_the_actual_ones(
     """The reservation is planned from the header's row count; the run releases its noisy count
     and fits preprocessing on real rows; whatever it spends is dominated by the reservation."""
     schema = (
-        Schema(bounds={"x": (-5.0, 5.0)}, categories={"city": ["a", "b", "c"]}, classes=["no", "yes"])
+        Schema(
+            bounds={"x": (-5.0, 5.0)}, categories={"city": ["a", "b", "c"]}, classes=["no", "yes"]
+        )
         if declared
         else None
     )

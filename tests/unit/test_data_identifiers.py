@@ -48,7 +48,9 @@ def test_declared_identifiers_are_dropped_unless_kept_or_named() -> None:
     table = pa.table({"id": ["a", "a", "b"], "x": [1.0, 2.0, 3.0], "y": ["p", "q", "p"]})
     data = from_table(table, label="y", source="t", sha256="", schema=DECLARED)
     assert data.features.column_names == ["x"] and data.dropped_identifiers == ["id"]
-    kept = from_table(table, label="y", source="t", sha256="", schema=DECLARED, keep_identifiers=True)
+    kept = from_table(
+        table, label="y", source="t", sha256="", schema=DECLARED, keep_identifiers=True
+    )
     assert kept.features.column_names == ["id", "x"] and kept.dropped_identifiers == []
     named = from_table(table, label="y", source="t", sha256="", schema=DECLARED, features=["id"])
     assert named.features.column_names == ["id"]

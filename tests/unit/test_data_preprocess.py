@@ -103,9 +103,7 @@ def test_declared_identifier_columns_are_dropped_unless_kept() -> None:
     assert _data(table).features.column_names == ["id", "x"]
     schema = Schema.from_json({"columns": {"id": {"identifier": True}}})
     assert _data(table, schema=schema).features.column_names == ["x"]
-    kept = from_table(
-        table, label="y", source="t", sha256="", schema=schema, keep_identifiers=True
-    )
+    kept = from_table(table, label="y", source="t", sha256="", schema=schema, keep_identifiers=True)
     assert kept.features.column_names == ["id", "x"]
 
 

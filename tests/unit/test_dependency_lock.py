@@ -11,8 +11,18 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SECURITY_RELEVANT = {
-    "cryptography", "model-signing", "pyopenssl", "argon2-cffi", "fastapi", "uvicorn",
-    "sqlalchemy", "psycopg", "flwr", "pydantic", "safetensors", "dp-accounting",
+    "cryptography",
+    "model-signing",
+    "pyopenssl",
+    "argon2-cffi",
+    "fastapi",
+    "uvicorn",
+    "sqlalchemy",
+    "psycopg",
+    "flwr",
+    "pydantic",
+    "safetensors",
+    "dp-accounting",
 }
 
 
@@ -22,7 +32,9 @@ def _lock(name: str) -> dict[str, tuple[str, list[str]]]:
     for line in text.splitlines():
         if not line.strip():
             continue
-        match = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})+)\s*", line)
+        match = re.fullmatch(
+            r"([A-Za-z0-9._-]+)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})+)\s*", line
+        )
         assert match, f"not a hash-pinned line: {line!r}"
         pins[canonicalize_name(match[1])] = (match[2], match[3].split())
     return pins

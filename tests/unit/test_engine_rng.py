@@ -100,7 +100,9 @@ def test_the_secure_default_is_the_keystream_keyed_from_os_entropy_not_torch() -
 
 
 def test_torch_generators_and_misdescribed_generators_are_refused() -> None:
-    with pytest.raises(ConfigError, match="need a generator from .*make_generator. Found Generator"):
+    with pytest.raises(
+        ConfigError, match="need a generator from .*make_generator. Found Generator"
+    ):
         PoissonBatchSampler(10, sample_rate=0.5, steps=1, generator=torch.Generator())
     from torch import nn
 
@@ -123,7 +125,9 @@ def test_torch_generators_and_misdescribed_generators_are_refused() -> None:
 def test_poisson_batches_are_keystream_words_below_the_64_bit_threshold() -> None:
     key = hashlib.sha256(b"securetrain.engine.rng/v1:8").digest()
     n, q, steps = 37, 0.2, 6
-    batches = list(PoissonBatchSampler(n, sample_rate=q, steps=steps, generator=make_generator(8)[0]))
+    batches = list(
+        PoissonBatchSampler(n, sample_rate=q, steps=steps, generator=make_generator(8)[0])
+    )
     threshold = np.uint64(math.floor(q * 2.0**64))
     block = 0
     for batch in batches:
@@ -144,7 +148,6 @@ def test_small_rates_are_exact_to_2_to_the_minus_64(q: float, monkeypatch) -> No
         # float32 uniforms (torch.rand) live on a 2^-24 grid, where q = 1e-7 becomes 2^-23.
         assert torch.equal((torch.rand(10_000) * 2**24).frac(), torch.zeros(10_000))
         assert math.ceil(q * 2**24) / 2**24 == 2.0**-23
-
 
 
 def _dp_run(steps: int, state: dict) -> dict:
@@ -193,7 +196,6 @@ def test_a_run_resumed_from_the_saved_generator_state_is_bit_identical() -> None
     assert torch.equal(resumed["rng"], whole["rng"])
     other = _dp_run(11, {"rng": make_generator(None)[0].get_state()})
     assert not torch.equal(other["model"]["weight"], whole["model"]["weight"])
-
 
 
 def test_the_card_says_which_generator_drew_the_noise(tmp_path) -> None:

@@ -45,7 +45,9 @@ def _imports() -> set[tuple[str, str]]:
 def test_every_package_is_on_exactly_one_floor() -> None:
     listed = [name for floor in _floors() for name in floor]
     packages = {
-        _package_of(p) for p in PACKAGE.rglob("*.py") if _package_of(p) not in ("__init__", "__main__")
+        _package_of(p)
+        for p in PACKAGE.rglob("*.py")
+        if _package_of(p) not in ("__init__", "__main__")
     }
     assert len(listed) == len(set(listed)), listed
     assert set(listed) == packages, set(listed) ^ packages

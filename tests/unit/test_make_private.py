@@ -180,7 +180,9 @@ def test_a_frozen_foreign_parameter_is_allowed_but_refused_once_it_gets_a_gradie
     frozen.requires_grad_(True)
     dp_opt.zero_grad()
     (nn.functional.cross_entropy(model(x), y) + frozen.sum()).backward()
-    with pytest.raises(ConfigError, match=r"outside the module.*Found \(group 0, position 4, shape \(2,\)\)"):
+    with pytest.raises(
+        ConfigError, match=r"outside the module.*Found \(group 0, position 4, shape \(2,\)\)"
+    ):
         dp_opt.step()
     assert torch.equal(frozen, torch.ones(2))
 

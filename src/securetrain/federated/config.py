@@ -117,7 +117,9 @@ class FederatedConfig(BaseModel):
         if self.sites < 2:
             raise ConfigError(f"Federated training needs at least 2 sites. Found {self.sites}.")
         if self.sites > MAX_SITES:
-            raise ConfigError(f"Federated training takes at most {MAX_SITES} sites. Found {self.sites}.")
+            raise ConfigError(
+                f"Federated training takes at most {MAX_SITES} sites. Found {self.sites}."
+            )
         if not 1 <= self.rounds <= MAX_ROUNDS:
             raise ConfigError(f"Rounds must be between 1 and {MAX_ROUNDS}. Found {self.rounds}.")
         if self.local_epochs is not None and not 1 <= self.local_epochs <= MAX_LOCAL_EPOCHS:

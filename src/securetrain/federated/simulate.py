@@ -267,7 +267,9 @@ def _simulate(
     )
     lr, clip = config.site_lr, config.site_clip
     site_runs = (
-        list(zip(sites, _reserve(store, data, sites, config), strict=True)) if charge is None else []
+        list(zip(sites, _reserve(store, data, sites, config), strict=True))
+        if charge is None
+        else []
     )
     charged_to = _charged_to(charge)
     if config.seed is not None:

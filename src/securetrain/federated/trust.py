@@ -80,7 +80,7 @@ def clientapp_wrapper(bin_dir: Path) -> Path:
     bin_dir.mkdir(mode=0o700)
     wrapper = bin_dir / "flwr-clientapp"
     wrapper.write_text(
-        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m securetrain.federated.trust '
+        f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m securetrain.federated.trust "
         'clientapp "$@"\n'
     )
     wrapper.chmod(0o700)

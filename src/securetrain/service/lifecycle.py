@@ -168,7 +168,9 @@ class Workers:
             self._read(w)
             w.control.close()
             if w.job is not None:
-                reason = f"The job's worker stopped (exit code {w.proc.exitcode}); its charge stays."
+                reason = (
+                    f"The job's worker stopped (exit code {w.proc.exitcode}); its charge stays."
+                )
                 for job_id in abandon(self._store, [w.job], reason):
                     _LOG.warning("worker %s died running job %s", w.proc.pid, job_id)
             with self._lock:

@@ -199,7 +199,9 @@ def _sign_head(store: Store, conn: Connection, base: int) -> Callable[[], None]:
             created_at=created,
         )
     )
-    doc = head_document(store.name, head.seq, head.entry_hash, signature, signer.fingerprint, created)
+    doc = head_document(
+        store.name, head.seq, head.entry_hash, signature, signer.fingerprint, created
+    )
     return lambda: record_head(signer.key.head_file(store.name), doc)
 
 
@@ -223,7 +225,9 @@ def signed_head(store: Store, *, public_key: Path | None = None) -> dict[str, An
         row = conn.execute(
             select(audit_checkpoints).order_by(audit_checkpoints.c.seq.desc()).limit(1)
         ).one()
-    return head_document(store.name, row.seq, row.entry_hash, row.signature, row.signer, row.created_at)
+    return head_document(
+        store.name, row.seq, row.entry_hash, row.signature, row.signer, row.created_at
+    )
 
 
 def verify_log(store: Store, *, public_key: Path | None = None, head: Path | None = None) -> int:

@@ -373,15 +373,11 @@ def _overrun(
 ) -> str | None:
     """Why the actual events exceed the run's reservation, or None when they do not."""
     ds = conn.execute(select(datasets).where(datasets.c.id == dataset_id)).one()
-    charge = conn.execute(
-        select(privacy_charges).where(privacy_charges.c.run_id == run_id)
-    ).first()
+    charge = conn.execute(select(privacy_charges).where(privacy_charges.c.run_id == run_id)).first()
     if charge is None:
         return "it has no reservation"
     if (actual_selection_delta or 0.0) > charge.delta:
-        return (
-            f"partition-selection δ {actual_selection_delta:g} exceeds the reserved {charge.delta:g}"
-        )
+        return f"partition-selection δ {actual_selection_delta:g} exceeds the reserved {charge.delta:g}"
     reserved = events_from_json(json.loads(charge.events))
     delta = ds.delta - charge.delta
     if delta <= 0:

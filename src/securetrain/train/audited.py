@@ -31,7 +31,9 @@ def audited_keyset(store: Store, out: Path, passphrase: str | None = None) -> Ke
     ``keys.created`` with the signing key's fingerprint."""
     paths = generate_keyset(out, passphrase)
     fp = fingerprint(load_public_key(paths.public_key))
-    record(store, "keys.created", str(out), {"fingerprint": fp, "passphrase": passphrase is not None})
+    record(
+        store, "keys.created", str(out), {"fingerprint": fp, "passphrase": passphrase is not None}
+    )
     return paths
 
 

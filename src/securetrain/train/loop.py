@@ -102,9 +102,7 @@ def train_dp(
         if progress is not None:
             if step % report_every == 0 or step == dp.steps:
                 events = [*fixed_events, *optimizer.events]
-                epsilon = compute_epsilon(
-                    events, delta=dp.accounting_delta, accountant=accountant
-                )
+                epsilon = compute_epsilon(events, delta=dp.accounting_delta, accountant=accountant)
             progress(StepInfo(step, dp.steps, total_loss / seen if seen else math.nan, epsilon))
     optimizer.detach()
     return optimizer
