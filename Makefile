@@ -8,7 +8,8 @@ DEV := $(VENV)/.installed-dev
 .PHONY: demo test lint lock clean
 
 # Installs are hash-checked against requirements/*.lock (regenerate with `make lock`); torch is
-# pinned by exact version and taken from the CPU wheel on local disk.
+# pinned by exact version and taken from the CPU wheel on local disk. The demo needs only the
+# core library; `pip install 'securetrain[federated]'` / `'securetrain[service]'` add the rest.
 $(BASE): pyproject.toml requirements/runtime.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -18,7 +19,9 @@ $(BASE): pyproject.toml requirements/runtime.lock
 	$(PY) -m pip check
 	touch $(BASE)
 
-$(DEV): $(BASE) requirements/dev.lock
+# The tests also need the [federated] and [service] extras and the dev tools.
+$(DEV): $(BASE) requirements/extras.lock requirements/dev.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/extras.lock
 	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.lock
 	$(PY) -m pip check
 	touch $(DEV)
@@ -40,8 +43,12 @@ demo: $(BASE)
 test: $(DEV)
 	$(PY) -m pytest -q || test $$? -eq 5
 
+# Style and types: ruff's linter and formatter, and mypy (strict on privacy, crypto, sealed and
+# engine; see [tool.mypy] in pyproject.toml).
 lint: $(DEV)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .lock-venv demo-output .pytest_cache
