@@ -132,17 +132,17 @@ class DeployedSite(NumPyClient):
         )
         if state is not None:
             return site, str(state["run_id"])
-        store = Store(self.site.config.store)
-        run_id = ledger.reserve(
-            store,
-            dataset_id=self.site.dataset_id,
-            manifest_digest=self.site.data.sha256,
-            name=Path(self.site.config.data).name,
-            events=site.events,
-            epsilon=site.epsilon,
-            delta_partition_selection=0.0,
-            parameters={"federated": True, **json.loads(self.settings.site_settings())},
-        )
+        with Store(self.site.config.store) as store:
+            run_id = ledger.reserve(
+                store,
+                dataset_id=self.site.dataset_id,
+                manifest_digest=self.site.data.sha256,
+                name=Path(self.site.config.data).name,
+                events=site.events,
+                epsilon=site.epsilon,
+                delta_partition_selection=0.0,
+                parameters={"federated": True, **json.loads(self.settings.site_settings())},
+            )
         self.context.state.config_records[SITE_STATE] = ConfigRecord(
             {"n_noisy": site.n_noisy, "run_id": run_id}
         )
@@ -179,15 +179,16 @@ class DeployedSite(NumPyClient):
             "preprocessor": self.site.pre.model_dump(mode="json"),
         }
         if round_number == self.settings.rounds:
-            ledger.transition(
-                Store(self.site.config.store),
-                run_id,
-                "completed",
-                events=site.events,
-                epsilon=site.epsilon,
-                delta_partition_selection=0.0,
-                details={"federated_rounds": self.settings.rounds},
-            )
+            with Store(self.site.config.store) as store:
+                ledger.transition(
+                    store,
+                    run_id,
+                    "completed",
+                    events=site.events,
+                    epsilon=site.epsilon,
+                    delta_partition_selection=0.0,
+                    details={"federated_rounds": self.settings.rounds},
+                )
             self.context.state.config_records[SITE_STATE]["final_epsilon"] = site.epsilon
         return weights, SITE_WEIGHT, {REPORT: json.dumps(report)}
 

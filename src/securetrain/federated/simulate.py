@@ -214,7 +214,14 @@ def simulate(config: FederatedConfig) -> FederatedResult:
         passphrase_env=config.passphrase_env,
     )
     keys = resolve_keys(train_config)
-    store = Store(config.store)
+    with Store(config.store) as store:
+        return _simulate_on(config, train_config, keys, store)
+
+
+def _simulate_on(
+    config: FederatedConfig, train_config: TrainConfig, keys: ResolvedKeys, store: Store
+) -> FederatedResult:
+    """The run on ``store``: charged to the sealed dataset's budget when the data is sealed."""
     source = parse_source(config.data)
     if not isinstance(source, SealedSource):
         return _simulate(config, load_data(train_config), keys, store, None)
