@@ -94,6 +94,11 @@ def test_owner_limits_stop_probing_and_the_worker_rechecks_access(service) -> No
         for e in entries(world.store)
         if e.action in ("dataset.registered", "dataset.policy") and e.object == ds
     ] == [1, None]
+    # Registering verified the owner's signature, and the audit log says so.
+    assert any(
+        e.action == "dataset.verified" and e.details["dataset_id"] == ds
+        for e in entries(world.store)
+    )
     # The grant is revoked while the job waits in the queue.
     assert client.delete(f"/api/v1/datasets/{ds}/grants/ana", headers=alice).status_code == 200
     assert work(world.store, world.settings, once=True) == 1

@@ -16,16 +16,15 @@ from securetrain.crypto.keys import (
     load_encryption_public_key,
     load_public_key,
 )
-from securetrain.crypto.signing import signed_manifest_digest
 from securetrain.errors import AccessDenied, ConfigError, DataError, IntegrityError
 from securetrain.outputs import write_path_atomic
-from securetrain.sealed import SIGNATURE as SEALED_SIGNATURE
-from securetrain.sealed import Header, verify_sealed
+from securetrain.sealed import VerifiedSealed
 from securetrain.service.roles import Role, User
 from securetrain.service.settings import ServiceSettings
 from securetrain.store import Store, ledger
 from securetrain.store.auditlog import append, now
 from securetrain.store.schema import grants, service_datasets, users
+from securetrain.train import audited_verify
 
 OWNER_KEYS = "owners"  # in the service's key directory: each owner's signing public key
 
@@ -110,13 +109,15 @@ def bind_owner_key(
     return fp
 
 
-def verify_owned(settings: ServiceSettings, path: Path, owner: str) -> Header:
+def verify_owned(store: Store, settings: ServiceSettings, path: Path, owner: str) -> VerifiedSealed:
     """A sealed dataset signed by ``owner``'s bound key and sealed for the service's public
-    encryption key; :class:`IntegrityError` if another key signed it."""
+    encryption key (its verification recorded in the audit log); :class:`IntegrityError` if
+    another key signed it."""
     key = owner_key_path(settings, owner)
     if not key.is_file():
         raise ConfigError(f"Owner {owner!r} has no signing key bound; an admin binds it first.")
-    header = verify_sealed(path, key).header
+    verified = audited_verify(store, path, key)
+    header = verified.header
     signer = fingerprint(load_public_key(key))
     if header.doc.get("signer") != signer:
         raise IntegrityError(f"{path.name!r} is not signed by its owner's key")
@@ -128,7 +129,7 @@ def verify_owned(settings: ServiceSettings, path: Path, owner: str) -> Header:
             f"{path.name!r} is not sealed for this service's encryption key {service} "
             f"(seal it with --recipient). Found recipient {header.recipient}."
         )
-    return header
+    return verified
 
 
 def _row_to_dataset(row: Row[Any]) -> Dataset:
@@ -153,7 +154,7 @@ def register(
 ) -> Dataset:
     """Register a sealed dataset signed by the owner's bound key and sealed for the service."""
     path = resolve_data_path(settings, relative)
-    header = verify_owned(settings, path, owner.name)
+    header = verify_owned(store, settings, path, owner.name).header
     label = (name or path.name)[:200]
     with store.transaction() as conn:
         if conn.execute(
@@ -256,11 +257,11 @@ def set_budget(
 ) -> None:
     ds = get_owned(store, owner, dataset_id)
     path = resolve_data_path(settings, ds.path)
-    verify_owned(settings, path, ds.owner)  # the digest is signed
+    verified = verify_owned(store, settings, path, ds.owner)
     ledger.set_budget(
         store,
         dataset_id=ds.id,
-        manifest_digest=signed_manifest_digest(path, SEALED_SIGNATURE),
+        manifest_digest=verified.manifest_digest,
         name=ds.name,
         epsilon=epsilon,
         delta=delta,
