@@ -5,6 +5,7 @@ from securetrain.engine.api import make_private, make_private_with_epsilon
 from securetrain.engine.clipping import (
     ClippingStrategy,
     GenericStrategy,
+    Grouping,
     LayerTrace,
     clipped_sums,
     register_clipping,
@@ -21,6 +22,7 @@ __all__ = [
     "DPOptimizer",
     "GenericStrategy",
     "GradientTracer",
+    "Grouping",
     "LayerTrace",
     "PoissonBatchSampler",
     "check_per_sample",

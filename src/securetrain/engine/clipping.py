@@ -7,7 +7,8 @@ per-sample gradients weighted by each sample's clipping factor.
 
 Register a faster strategy for a layer type with :func:`register_clipping`; any layer without
 one uses :class:`GenericStrategy`, which gets per-sample gradients from ``torch.func``.
-:func:`clipped_sums` combines the layers' strategies into clipped sums, flat or per layer.
+:func:`clipped_sums` combines the layers' strategies into clipped sums, flat or per layer, per
+sample or, given a :class:`Grouping`, per privacy unit (all the rows of one patient, say).
 """
 
 from __future__ import annotations
@@ -133,6 +134,74 @@ def strategy_for(module: nn.Module, clipping: Clipping = "auto") -> ClippingStra
     return _REGISTRY.get(type(module), _GENERIC)
 
 
+@dataclass(frozen=True)
+class Grouping:
+    """Which privacy unit each row of a batch belongs to: ``unit`` holds each row's unit as
+    0..U-1, ``slots`` each unit's rows (U x the most rows of any unit; -1 where a unit has
+    fewer). A unit's gradient is the sum of its rows' gradients, clipped as one."""
+
+    unit: torch.Tensor
+    slots: torch.Tensor
+
+    @classmethod
+    def of(cls, units: torch.Tensor) -> Grouping:
+        """The grouping of a batch whose rows belong to ``units`` (any integer labels)."""
+        if units.dim() != 1 or units.dtype.is_floating_point or units.is_complex():
+            raise ConfigError(
+                "Units must be one integer label per row of the batch. Found a tensor of "
+                f"shape {tuple(units.shape)} and type {units.dtype}."
+            )
+        labels, unit = torch.unique(units, return_inverse=True)
+        counts = torch.bincount(unit, minlength=len(labels))
+        order = torch.argsort(unit, stable=True)
+        first = torch.cumsum(counts, 0) - counts
+        position = torch.arange(len(unit)) - first[unit[order]]
+        width = int(counts.max()) if len(labels) else 0
+        slots = torch.full((len(labels), width), -1, dtype=torch.long)
+        slots[unit[order], position] = order
+        return cls(unit, slots)
+
+    @property
+    def n_units(self) -> int:
+        return int(self.slots.shape[0])
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s rows by unit, U x width x ...; zero in a unit's empty slots."""
+        rows = t[self.slots.clamp(min=0)]
+        filled = (self.slots >= 0).reshape(*self.slots.shape, *([1] * (t.dim() - 1)))
+        return torch.where(filled, rows, torch.zeros((), dtype=t.dtype))
+
+    def segment_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t``'s rows within each unit, U x ..."""
+        return t.new_zeros((self.n_units, *t.shape[1:])).index_add_(0, self.unit, t)
+
+
+# Layers that act on each position alone: a unit's rows, laid side by side as the positions of
+# one sample, give that unit's summed gradient from the layer's own strategy.
+_POSITIONWISE = (nn.Linear, nn.Embedding, nn.LayerNorm)
+
+
+def _prepare_grouped(
+    layer: nn.Module, traces: list[LayerTrace], groups: Grouping, clipping: Clipping
+) -> tuple[ClippingStrategy[Any], Any]:
+    """A layer's per-unit state: its strategy on the unit-gathered trace for a position-wise
+    layer, else the per-sample gradients summed within each unit."""
+    if any(t.prepared is not None for t in traces):
+        raise ConfigError("Per-unit clipping needs each layer's trace before it is prepared.")
+    strategy = strategy_for(layer, clipping)
+    if len(traces) == 1 and isinstance(layer, _POSITIONWISE) and strategy is not _GENERIC:
+        trace = traces[0]
+        gathered = LayerTrace(
+            tuple(groups.gather(x) for x in trace.inputs),
+            groups.gather(trace.backprops),
+            trace.scale,
+        )
+        return strategy, strategy.prepare(layer, gathered)
+    parts = [_GENERIC.prepare(layer, t) for t in traces]
+    summed = {k: torch.stack([p[k] for p in parts]).sum(0) for k in parts[0]}
+    return _GENERIC, {k: groups.segment_sum(g) for k, g in summed.items()}
+
+
 Sums = dict[str, dict[str, torch.Tensor]]
 
 
@@ -143,8 +212,10 @@ def clipped_sums(
     *,
     clipping: Clipping = "auto",
     with_unclipped: bool = False,
+    groups: Grouping | None = None,
 ) -> tuple[Sums, int, Sums | None]:
-    """Sum over samples of the per-sample gradients, each clipped in L2.
+    """Sum over samples of the per-sample gradients, each clipped in L2; with ``groups``, over
+    units of each unit's summed gradient, clipped as one (the count returned is then of units).
 
     With a single ``max_grad_norm`` the norm is taken over all layers together (flat clipping);
     with a bound per layer name, each layer's part of the gradient is clipped to its own bound
@@ -155,7 +226,9 @@ def clipped_sums(
     prepared: dict[str, tuple[Any, Any]] = {}
     for name, layer_traces in traces.items():
         layer = layers[name]
-        if len(layer_traces) == 1 and layer_traces[0].prepared is not None:
+        if groups is not None:
+            prepared[name] = _prepare_grouped(layer, layer_traces, groups, clipping)
+        elif len(layer_traces) == 1 and layer_traces[0].prepared is not None:
             prepared[name] = layer_traces[0].prepared
         elif len(layer_traces) == 1:
             strategy = strategy_for(layer, clipping)
