@@ -13,7 +13,13 @@ from securetrain.engine.clipping import (
 )
 from securetrain.engine.noise import make_generator
 from securetrain.engine.optimizer import DPOptimizer
-from securetrain.engine.sampling import DPDataLoader, PoissonBatchSampler, split_physical
+from securetrain.engine.sampling import (
+    DPDataLoader,
+    PoissonBatchSampler,
+    UnitPoissonSampler,
+    split_physical,
+    split_physical_units,
+)
 from securetrain.engine.tracer import GradientTracer, check_per_sample
 
 __all__ = [
@@ -25,6 +31,7 @@ __all__ = [
     "Grouping",
     "LayerTrace",
     "PoissonBatchSampler",
+    "UnitPoissonSampler",
     "check_per_sample",
     "clipped_sums",
     "make_generator",
@@ -32,5 +39,6 @@ __all__ = [
     "make_private_with_epsilon",
     "register_clipping",
     "split_physical",
+    "split_physical_units",
     "strategy_for",
 ]

@@ -181,7 +181,7 @@ class Grouping:
 _POSITIONWISE = (nn.Linear, nn.Embedding, nn.LayerNorm)
 
 
-def _prepare_grouped(
+def prepare_for_units(
     layer: nn.Module, traces: list[LayerTrace], groups: Grouping, clipping: Clipping
 ) -> tuple[ClippingStrategy[Any], Any]:
     """A layer's per-unit state: its strategy on the unit-gathered trace for a position-wise
@@ -226,10 +226,11 @@ def clipped_sums(
     prepared: dict[str, tuple[Any, Any]] = {}
     for name, layer_traces in traces.items():
         layer = layers[name]
-        if groups is not None:
-            prepared[name] = _prepare_grouped(layer, layer_traces, groups, clipping)
-        elif len(layer_traces) == 1 and layer_traces[0].prepared is not None:
+        if len(layer_traces) == 1 and layer_traces[0].prepared is not None:
+            # Prepared as its gradient arrived (per unit when the caller grouped the batch).
             prepared[name] = layer_traces[0].prepared
+        elif groups is not None:
+            prepared[name] = prepare_for_units(layer, layer_traces, groups, clipping)
         elif len(layer_traces) == 1:
             strategy = strategy_for(layer, clipping)
             prepared[name] = (strategy, strategy.prepare(layer, layer_traces[0]))

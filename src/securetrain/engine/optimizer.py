@@ -16,11 +16,13 @@ from securetrain.engine.clipping import (
     CLIPPING_MODES,
     Clipping,
     ClippingMode,
+    Grouping,
     LayerTrace,
     Sums,
     clipped_sums,
     has_fast_strategy,
     own_parameters,
+    prepare_for_units,
     strategy_for,
 )
 from securetrain.engine.noise import KeystreamGenerator, check_generator, gaussian_noise
@@ -116,6 +118,11 @@ class DPOptimizer:
 
     For logical batches too large for memory, call :meth:`accumulate` after each physical
     batch's backward pass; :meth:`step` then ends the logical batch.
+
+    ``per_unit=True`` clips per privacy unit (a patient, a customer) instead of per row: each
+    :meth:`backward` names the unit of every row (``units=``), a unit's rows' summed gradient is
+    clipped as one, ``expected_batch_size`` counts units, and a unit may not appear in two
+    physical batches of one logical batch (its contribution would be bounded twice).
     """
 
     def __init__(
@@ -132,6 +139,7 @@ class DPOptimizer:
         loss_reduction: str = "mean",
         clipping: Clipping = "auto",
         clipping_mode: ClippingMode = "flat",
+        per_unit: bool = False,
     ) -> None:
         if clipping not in CLIPPING_CHOICES:
             raise ConfigError(
@@ -193,6 +201,9 @@ class DPOptimizer:
         self._summed: dict[tuple[str, str], torch.Tensor] = {}
         self.samples_in_batch = 0
         self._verified = False
+        self.per_unit = per_unit
+        self._groups: Grouping | None = None
+        self._units_in_batch: set[int] = set()
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -212,16 +223,41 @@ class DPOptimizer:
         """Clear ``.grad`` and the recorded traces; clipped sums banked by accumulate() stay."""
         self.original_optimizer.zero_grad(set_to_none=set_to_none)
         self.tracer.clear()
+        self._groups = None
 
     def _prepare_layer(self, name: str, trace: LayerTrace) -> tuple[Any, object]:
         layer = self.tracer.layers[name]
+        if self._groups is not None:
+            return prepare_for_units(layer, [trace], self._groups, self.clipping)
         strategy = strategy_for(layer, self.clipping)
         return strategy, strategy.prepare(layer, trace)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate ``loss`` to the traced layers' outputs, which is all clipping needs.
+    def _group(self, units: torch.Tensor | None) -> None:
+        """Group this backward pass's rows by unit (``per_unit``), refusing a unit seen before
+        in this logical batch."""
+        if not self.per_unit:
+            if units is not None:
+                raise ConfigError("units= needs a DPOptimizer made with per_unit=True.")
+            return
+        if units is None:
+            raise ConfigError("A per-unit DPOptimizer needs units= on every backward() call.")
+        groups = Grouping.of(units)
+        labels = set(units.tolist())
+        repeated = labels & self._units_in_batch
+        if repeated:
+            raise ConfigError(
+                "A unit's rows must all be in one physical batch of a logical batch. Found unit "
+                f"{min(repeated)} again."
+            )
+        self._groups = groups
+        self._units_in_batch |= labels
+
+    def backward(self, loss: torch.Tensor, *, units: torch.Tensor | None = None) -> None:
+        """Backpropagate ``loss`` to the traced layers' outputs, which is all clipping needs;
+        ``units`` names each row's privacy unit (per-unit clipping only).
 
         The first call also computes the parameter gradients once, to verify the tracing."""
+        self._group(units)
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad and loss.numel() == 1):
             raise ConfigError(
                 "backward() needs the scalar loss of a forward pass through the model. Found "
@@ -240,6 +276,9 @@ class DPOptimizer:
     def accumulate(self) -> None:
         """Clip the per-sample gradients of the last backward pass(es) and bank their sum."""
         traces = self.tracer.take()
+        groups, self._groups = self._groups, None
+        if self.per_unit and groups is None and traces:
+            raise ConfigError("A per-unit DPOptimizer takes its gradients from backward(units=).")
         with self.tracer.paused():
             sums, n, unclipped = clipped_sums(
                 self.tracer.layers,
@@ -247,9 +286,11 @@ class DPOptimizer:
                 self._bounds,
                 clipping=self.clipping,
                 with_unclipped=not self._verified,
+                groups=groups,
             )
-        if unclipped is not None and n > 0:
-            self._verify_tracing(unclipped, n)
+        rows = n if groups is None else int(groups.unit.shape[0])
+        if unclipped is not None and rows > 0:
+            self._verify_tracing(unclipped, rows)
         for layer_name, by_param in sums.items():
             for pname, g in by_param.items():
                 key = (layer_name, pname)
@@ -307,6 +348,7 @@ class DPOptimizer:
         self.original_optimizer.step()
         self._summed.clear()
         self.samples_in_batch = 0
+        self._units_in_batch.clear()
         self.steps += 1
         return loss
 
