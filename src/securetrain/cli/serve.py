@@ -124,9 +124,10 @@ def serve_command(
     for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{option} file not found: {str(path)!r}.")
+    app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings),
+            app,
             host=host,
             port=port,
             log_level="warning",
@@ -143,6 +144,7 @@ def serve_command(
         signalled = _run_until_stopped(server, pool, shutdown, shutdown_timeout)
     finally:
         shutdown.restore()
+        app.state.store.close()  # its engine, and the audit key it signs with
     if not signalled:
         raise ConfigError(f"The HTTP server on {host}:{port} stopped without a signal (see above).")
     if shutdown.forced.is_set():

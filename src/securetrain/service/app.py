@@ -35,6 +35,8 @@ STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
+    """The service's app. Its store (``app.state.store``) outlives each start and stop of the
+    app; whoever serves it closes the store once the server has stopped."""
     settings.check()
     store = settings.open_store()
     refusals = RefusalCounter(store)
@@ -43,7 +45,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await run_in_threadpool(refusals.flush)  # the last window's refusals
-        store.close()
 
     app = FastAPI(
         title="securetrain",
